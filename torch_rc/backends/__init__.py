@@ -1,0 +1,1 @@
+"""Compiler backends: the Dynamo entry point and the stages it runs (partition, lower, build, run)."""

@@ -1,0 +1,48 @@
+"""Compile a lowered partition's Relax module into a VM executable for a target."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch_rc.backends.schedule import default_schedule_pass
+from torch_rc.backends.target import TargetInfo
+from torch_rc.errors import BuildError
+from torch_rc.options import Options
+from torch_rc.tvm_shim import tvm_api
+
+__all__ = ["build_executable", "relax_pipeline"]
+
+
+def relax_pipeline(target: TargetInfo, options: Options) -> Any:
+    """TVM's CPU pipeline with torch_rc's default schedules inserted after operator fusion."""
+    tvm = tvm_api().tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    schedule = [default_schedule_pass(target.num_threads)] if options.schedule == "default" else []
+
+    @tvm.transform.module_pass(opt_level=0, name="TorchRCPipeline")
+    def _pipeline(mod: Any, _ctx: Any) -> Any:
+        with target.target:
+            passes = (
+                cpu.library_dispatch_passes(target.target)
+                + cpu.legalize_passes(target.target)
+                + schedule
+                + cpu.dataflow_lower_passes(target.target)
+                + cpu.finalize_passes(target.target)
+            )
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
+
+
+def build_executable(mod: Any, target: TargetInfo, options: Options) -> Any:
+    """Build ``mod`` into a Relax VM executable.
+
+    Raises:
+        BuildError: TVM failed to legalize, schedule or generate code for the module.
+    """
+    api = tvm_api()
+    try:
+        return api.tvm.compile(mod, target.target, relax_pipeline=relax_pipeline(target, options))
+    except Exception as exc:  # TVMError and friends: reported as a build failure of this partition
+        raise BuildError(f"TVM build failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}") from exc

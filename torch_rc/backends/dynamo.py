@@ -1,0 +1,99 @@
+"""The ``reasoning`` Dynamo backend, loaded by torch through the ``torch_dynamo_backends`` entry point.
+
+This module must not call ``torch._dynamo.register_backend``: torch registers the entry point under
+its own name, and a second registration raises "duplicate name".
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.fx
+
+from torch_rc.backends.compiler import GraphReport, compile_aten_graph
+from torch_rc.backends.specialize import SpecializingGraph, has_symbolic_shapes
+from torch_rc.backends.target import detect_target, graph_device
+from torch_rc.options import Options
+
+__all__ = ["reasoning", "compile_graph"]
+
+logger = logging.getLogger(__name__)
+_graph_counter = itertools.count()
+
+
+def reasoning(
+    gm: torch.fx.GraphModule,
+    example_inputs: Sequence[object],
+    *,
+    mode: str | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> Callable[..., Any]:
+    """Compile a Dynamo graph with TVM, falling back to PyTorch for what TVM cannot take.
+
+    Args:
+        gm: The graph Dynamo captured.
+        example_inputs: Its (fake) example inputs.
+        mode: ``torch.compile``'s ``mode=`` (mapped to presets in :mod:`torch_rc.options`).
+        options: ``torch.compile``'s ``options=`` dict (see :class:`torch_rc.Options`).
+    """
+    resolved = Options.resolve(options, mode)
+    compiled, _report = compile_graph(gm, example_inputs, resolved)
+    return compiled
+
+
+def compile_graph(
+    gm: torch.fx.GraphModule,
+    example_inputs: Sequence[object],
+    options: Options,
+    report_sink: list[GraphReport] | None = None,
+) -> tuple[Callable[..., Any], GraphReport]:
+    """Compile one Dynamo graph; return the callable and its (live) report.
+
+    The graph goes through AOTAutograd, which functionalizes it, lowers it to ATen and keeps
+    input-mutation and autograd semantics; the forward (or inference) ATen graph is partitioned
+    and built by :func:`compile_aten_graph`, and a backward, if one is needed, runs in PyTorch.
+    """
+    from torch._decomp import core_aten_decompositions
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+
+    if has_symbolic_shapes(example_inputs):
+
+        def compile_static(graph: torch.fx.GraphModule, args: list[object]) -> Callable[..., Any]:
+            return compile_graph(graph, args, options, report_sink)[0]
+
+        report = GraphReport(index=next(_graph_counter), target="symbolic shapes: specialised per input signature at call time")
+        return SpecializingGraph(gm, compile_static), report
+
+    device = graph_device(example_inputs)
+    index = next(_graph_counter)
+    if device.type != "cpu":
+        report = GraphReport(index=index, target=f"none: {device.type} graphs run in PyTorch (no {device.type} path yet)")
+        if report_sink is not None:
+            report_sink.append(report)
+        logger.warning("torch_rc: %s", report.target)
+        return gm.forward, report
+
+    target = detect_target(options)
+    report = GraphReport(index=index, target=target.description)
+    if report_sink is not None:
+        report_sink.append(report)
+
+    def forward_compiler(aten_gm: torch.fx.GraphModule, aten_inputs: Sequence[object]) -> Callable[..., Any]:
+        return compile_aten_graph(aten_gm, aten_inputs, options, target, report)
+
+    def backward_compiler(aten_gm: torch.fx.GraphModule, _inputs: Sequence[object]) -> Callable[..., Any]:
+        return make_boxed_func(aten_gm.forward)
+
+    backend = aot_autograd(
+        fw_compiler=forward_compiler,
+        inference_compiler=forward_compiler,
+        bw_compiler=backward_compiler,
+        decompositions=core_aten_decompositions(),
+        keep_inference_input_mutations=True,
+    )
+    return backend(gm, example_inputs), report

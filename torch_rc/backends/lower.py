@@ -1,0 +1,123 @@
+"""Lower one ATen partition (an FX GraphModule) to a Relax IRModule with TVM's own importer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.fx
+
+from torch_rc.backends.converters import install as install_extra_converters
+from torch_rc.errors import LoweringError
+from torch_rc.tvm_shim import tvm_api
+
+__all__ = ["TensorSpec", "LoweredPartition", "lower_partition", "tensor_spec"]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and dtype a compiled partition expects for one input or returns for one output."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def describe(self) -> str:
+        return f"{tuple(self.shape)} {str(self.dtype).replace('torch.', '')}"
+
+
+def tensor_spec(value: object) -> TensorSpec:
+    """Spec of a (fake) tensor; raises LoweringError for anything else."""
+    if not isinstance(value, torch.Tensor):
+        raise LoweringError(f"partition input or output is a {type(value).__name__}, not a tensor")
+    return TensorSpec(tuple(int(d) for d in value.shape), value.dtype)
+
+
+@dataclass
+class LoweredPartition:
+    """A partition as a Relax module plus the calling convention of its ``main``.
+
+    Attributes:
+        mod: IRModule whose ``main`` takes the inputs in order and returns a tuple.
+        inputs: Specs of the inputs, in order.
+        outputs: Specs of the outputs, in order.
+        single_output: The FX partition returns one tensor rather than a tuple.
+    """
+
+    mod: object
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    single_output: bool
+
+
+def lower_partition(gm: torch.fx.GraphModule, input_values: Sequence[object]) -> LoweredPartition:
+    """Convert ``gm`` (ATen ops only) into a Relax function.
+
+    Args:
+        gm: The partition's GraphModule, placeholders in calling order.
+        input_values: Example (usually fake) tensors for the placeholders, for shapes and dtypes.
+
+    Raises:
+        LoweringError: an op converter failed or the partition has non-tensor inputs or outputs.
+    """
+    api = tvm_api()
+    relax = api.relax
+    placeholders = [node for node in gm.graph.nodes if node.op == "placeholder"]
+    if len(placeholders) != len(input_values):
+        raise LoweringError(f"partition has {len(placeholders)} inputs but {len(input_values)} example values")
+    inputs = [tensor_spec(value) for value in input_values]
+
+    importer = api.importer_cls()
+    install_extra_converters(importer)
+    importer.block_builder = relax.BlockBuilder()
+    params = []
+    for node, spec in zip(placeholders, inputs, strict=True):
+        var = relax.Var(node.name, relax.TensorType(list(spec.shape), _tvm_dtype(spec.dtype)))
+        importer.env[node] = var
+        params.append(var)
+
+    output_node = next(node for node in gm.graph.nodes if node.op == "output")
+    raw_output = output_node.args[0]
+    single_output = not isinstance(raw_output, (tuple, list))
+    out_nodes = [raw_output] if single_output else list(raw_output)
+    try:
+        outputs = [tensor_spec(node.meta.get("val")) for node in out_nodes]
+    except (AttributeError, LoweringError) as exc:
+        raise LoweringError(f"partition output is not a tensor: {exc}") from exc
+
+    builder = importer.block_builder
+    try:
+        with builder.function(name="main", params=params):
+            with builder.dataflow():
+                for node in gm.graph.nodes:
+                    if node.op == "call_function":
+                        importer.env[node] = importer.convert_map[_name(node.target)](node)
+                    elif node.op == "get_attr":
+                        constant = getattr(gm, str(node.target))
+                        importer.env[node] = relax.const(constant.detach().cpu().numpy())
+                results = [importer.env[node] for node in out_nodes]
+                out = builder.emit_output(relax.Tuple(results))
+            builder.emit_func_output(out)
+    except LoweringError:
+        raise
+    except Exception as exc:  # TVM converters raise many types (TVMError, ValueError, AssertionError)
+        raise LoweringError(f"Relax import failed at {_current(importer, gm)}: {type(exc).__name__}: {exc}") from exc
+    return LoweredPartition(builder.get(), inputs, outputs, single_output)
+
+
+def _name(target: object) -> str:
+    from torch_rc.backends.support import op_name
+
+    return op_name(target)
+
+
+def _current(importer: object, gm: torch.fx.GraphModule) -> str:
+    done = getattr(importer, "env", {})
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node not in done:
+            return f"node {node.name} ({_name(node.target)})"
+    return "the partition output"
+
+
+def _tvm_dtype(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")

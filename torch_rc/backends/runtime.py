@@ -1,0 +1,67 @@
+"""Run a built partition: a Relax VM executable called with torch tensors through DLPack."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from torch_rc.backends.lower import TensorSpec
+from torch_rc.errors import InputMismatchError
+
+__all__ = ["TVMKernel"]
+
+
+class TVMKernel:
+    """A compiled partition that takes and returns torch tensors without copies.
+
+    Inputs are handed to the VM as DLPack views (tvm-ffi converts torch tensors at the call
+    boundary), so parameters stay where torch keeps them; outputs come back as torch tensors
+    sharing the VM's freshly allocated buffers. Each call checks the inputs against the specs the
+    kernel was built for and raises :class:`InputMismatchError` naming both, never computing on
+    the wrong shape.
+    """
+
+    def __init__(
+        self,
+        executable: Any,
+        device: Any,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+        single_output: bool,
+        name: str,
+    ) -> None:
+        from torch_rc.tvm_shim import tvm_api
+
+        self.executable = executable
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.single_output = single_output
+        self.name = name
+        self._vm = tvm_api().relax.VirtualMachine(executable, device)
+        self._main = self._vm["main"]
+
+    def check_inputs(self, args: Sequence[torch.Tensor]) -> None:
+        """Raise InputMismatchError unless ``args`` match the compiled specs exactly."""
+        if len(args) != len(self.inputs):
+            raise InputMismatchError(f"{self.name}: expected {len(self.inputs)} inputs, received {len(args)}")
+        for index, (arg, spec) in enumerate(zip(args, self.inputs, strict=True)):
+            if not isinstance(arg, torch.Tensor) or tuple(arg.shape) != spec.shape or arg.dtype != spec.dtype:
+                got = f"{tuple(arg.shape)} {str(arg.dtype).replace('torch.', '')}" if isinstance(arg, torch.Tensor) else type(arg).__name__
+                raise InputMismatchError(
+                    f"{self.name}: input {index} was compiled for {spec.describe()} but received {got}; "
+                    "recompile for the new shape (torch.compile does this through its guards)"
+                )
+
+    def __call__(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        self.check_inputs(args)
+        result = self._main(*[arg if arg.is_contiguous() else arg.contiguous() for arg in args])
+        outputs = tuple(_to_torch(value) for value in result)
+        return outputs[0] if self.single_output else outputs
+
+
+def _to_torch(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.from_dlpack(value)

@@ -1,0 +1,131 @@
+"""Default CPU schedules for untuned TIR kernels.
+
+Unscheduled TIR compiles to single-threaded scalar loops that run 10-100x slower than PyTorch
+(docs/tvm-facts.md). Until tuned records exist, every kernel gets this rule: inline what can be
+inlined, then per remaining block fuse and parallelise the outer spatial loops and vectorise a
+contiguous innermost spatial loop (moved under the reduction loops for reductions such as matmul).
+Tuned schedules (the tuning engine) replace it kernel by kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from torch_rc.tvm_shim import tvm_api
+
+__all__ = ["default_schedule_pass", "vector_bytes"]
+
+# Vector accumulators per row of a reduction: enough independent FMAs to hide FMA latency.
+_MAX_VECTORS_PER_ROW = 4
+
+
+def vector_bytes() -> int:
+    """Width of the host's widest vector registers in bytes (AVX-512: 64, AVX2: 32, else 16)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if "AVX512" in capability:
+        return 64
+    if "AVX2" in capability:
+        return 32
+    return 16
+
+
+def default_schedule_pass(num_threads: int) -> Any:
+    """A module pass that gives every unscheduled PrimFunc the default CPU schedule."""
+    api = tvm_api()
+    dlight = api.s_tir.dlight
+    rule = _make_rule(dlight, vector_bytes())
+    return dlight.ApplyDefaultSchedule(rule)
+
+
+def _make_rule(dlight: Any, vbytes: int) -> Any:
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm.s_tir.dlight.base import try_inline
+
+    s_tir = tvm_api().s_tir
+
+    class CPUDefault(dlight.ScheduleRule):
+        """Inline, parallelise outer spatial loops, vectorise contiguous inner ones."""
+
+        def apply(self, func: Any, target: Any, _tunable: bool) -> Any:
+            try:
+                sch = s_tir.Schedule(func)
+                infos = normalize_prim_func(sch)
+                if infos is None:
+                    return None
+                for info in try_inline(sch, infos):
+                    _schedule_block(sch, info, vbytes)
+                return sch
+            except Exception:  # noqa: BLE001 - a kernel we cannot schedule stays unscheduled
+                return None
+
+    return CPUDefault()
+
+
+def _extent(sch: Any, loop: Any) -> int | None:
+    value = sch.get(loop).extent
+    return int(value.value) if hasattr(value, "value") else None
+
+
+def _schedule_block(sch: Any, info: Any, vbytes: int) -> None:
+    block = info.block_rv
+    loops = sch.get_loops(block)
+    kinds = info.dom_kind()
+    if not loops or len(kinds) != len(loops) or "O" in kinds:
+        return
+    extents = [_extent(sch, loop) for loop in loops]
+    if any(extent is None for extent in extents):
+        return
+    spatial = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "S"]
+    reduce = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == "R"]
+    if not spatial:
+        return
+    sch.reorder(*spatial, *reduce)
+    lanes = max(1, vbytes * 8 // _write_bits(sch, block))
+    inner_extent = _extent(sch, spatial[-1]) or 1
+    contiguous = _writes_contiguously(sch, block, len(spatial))
+
+    if not reduce:
+        fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        total = math.prod(extents)
+        if contiguous and total % lanes == 0 and total > lanes:
+            outer, inner = sch.split(fused, [None, lanes])
+            sch.parallel(outer)
+            sch.vectorize(inner)
+        elif total > 1:
+            sch.parallel(fused)
+        return
+
+    if contiguous and inner_extent % lanes == 0:
+        vectors = max(v for v in range(1, _MAX_VECTORS_PER_ROW + 1) if (inner_extent // lanes) % v == 0)
+        j_outer, j_inner = sch.split(spatial[-1], [None, lanes * vectors])
+        sch.reorder(*spatial[:-1], j_outer, *reduce, j_inner)
+        outer = sch.fuse(*spatial[:-1], j_outer) if len(spatial) > 1 else j_outer
+        sch.parallel(outer)
+        sch.decompose_reduction(block, reduce[0])
+        sch.vectorize(j_inner)
+    else:
+        outer = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        sch.parallel(outer)
+
+
+def _write_bits(sch: Any, block: Any) -> int:
+    writes = sch.get(block).writes
+    if not writes:
+        return 32
+    return int(writes[0].buffer.dtype.bits) or 32
+
+
+def _writes_contiguously(sch: Any, block: Any, num_spatial: int) -> bool:
+    """True when the block's output's last index is the innermost spatial iterator."""
+    stmt = sch.get(block)
+    if len(stmt.writes) != 1 or len(stmt.iter_vars) < num_spatial:
+        return False
+    region = stmt.writes[0].region
+    if not region:
+        return False
+    last = region[-1].min
+    spatial_vars = [iv.var for iv in stmt.iter_vars if int(iv.iter_type) == 0]
+    return bool(spatial_vars) and last.same_as(spatial_vars[-1])

@@ -1,0 +1,161 @@
+"""Which ATen nodes TVM can take: one table, read by both the partitioner and the coverage report.
+
+Support is decided *before* lowering from the op-overload object (``torch.ops.aten.mm.default``),
+the TVM converter table and per-op capability checks, so every fallback has a stated reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.fx
+
+from torch_rc.options import Options
+from torch_rc.tvm_shim import tvm_api
+
+__all__ = ["unsupported_reason", "converter_names", "op_name", "is_compute_node"]
+
+# dtypes the Relax importer maps and the CPU codegen handles.
+_TVM_DTYPES = frozenset(
+    {
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.bfloat16,
+        torch.int8,
+        torch.uint8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+    }
+)
+
+# Nodes that move no data and cost nothing: they do not count toward a partition's size.
+_FREE_OPS = frozenset(
+    {
+        "getitem",
+        "view.default",
+        "_unsafe_view.default",
+        "reshape.default",
+        "expand.default",
+        "permute.default",
+        "t.default",
+        "squeeze.dim",
+        "squeeze.dims",
+        "unsqueeze.default",
+        "alias.default",
+        "detach.default",
+        "slice.Tensor",
+        "select.int",
+    }
+)
+
+
+@functools.cache
+def converter_names() -> frozenset[str]:
+    """Names (``"add.Tensor"``, ``"getitem"``) that TVM's importer or torch_rc's extras convert."""
+    from torch_rc.backends.converters import EXTRA_CONVERTERS
+
+    importer = tvm_api().importer_cls()
+    return frozenset(importer.create_convert_map()) | frozenset(EXTRA_CONVERTERS)
+
+
+def op_name(target: object) -> str:
+    """The converter-table name of an FX call target (``"mm.default"``, ``"getitem"``)."""
+    if isinstance(target, torch._ops.OpOverload):
+        return f"{target._opname}.{target._overloadname}"
+    return getattr(target, "__name__", str(target))
+
+
+def qualified_name(target: object) -> str:
+    """A user-facing op name such as ``aten.mm.default``."""
+    if isinstance(target, torch._ops.OpOverload):
+        return f"{target.namespace}.{op_name(target)}"
+    return op_name(target)
+
+
+def is_compute_node(node: torch.fx.Node) -> bool:
+    """True for call_function nodes that do real work (not views, not tuple indexing)."""
+    return node.op == "call_function" and op_name(node.target) not in _FREE_OPS
+
+
+def _dropout_check(node: torch.fx.Node) -> str | None:
+    p = node.args[1] if len(node.args) > 1 else node.kwargs.get("p", 0.5)
+    train = node.args[2] if len(node.args) > 2 else node.kwargs.get("train", True)
+    if train and p:
+        return "dropout in training mode draws random numbers; PyTorch's RNG must be used"
+    return None
+
+
+def _to_copy_check(node: torch.fx.Node) -> str | None:
+    device = node.kwargs.get("device")
+    if device is not None and torch.device(device).type != "cpu":
+        return f"copy to device {device} crosses devices"
+    if node.kwargs.get("memory_format") not in (None, torch.preserve_format, torch.contiguous_format):
+        return "copy to a non-contiguous memory format"
+    return None
+
+
+_CAPABILITY_CHECKS: dict[object, Callable[[torch.fx.Node], str | None]] = {
+    torch.ops.aten.native_dropout.default: _dropout_check,
+    torch.ops.aten.dropout.default: _dropout_check,
+    torch.ops.aten._to_copy.default: _to_copy_check,
+}
+
+
+def _tensor_values(node: torch.fx.Node) -> Iterable[object]:
+    values: list[object] = [node.meta.get("val")]
+    for arg in node.all_input_nodes:
+        values.append(arg.meta.get("val"))
+    for value in values:
+        if isinstance(value, (tuple, list)):
+            yield from value
+        else:
+            yield value
+
+
+def _value_reason(value: object) -> str | None:
+    if isinstance(value, torch.SymInt | torch.SymFloat | torch.SymBool):
+        return "produces or consumes a symbolic scalar (dynamic shapes run in PyTorch)"
+    if not isinstance(value, torch.Tensor):
+        return None
+    if value.layout != torch.strided:
+        return f"tensor layout {value.layout} is not strided"
+    if value.dtype not in _TVM_DTYPES:
+        return f"dtype {value.dtype} is not supported by the TVM lowering"
+    if value.device.type != "cpu":
+        return f"tensors on {value.device.type} run in PyTorch (torch_rc lowers CPU graphs)"
+    if any(not isinstance(dim, int) for dim in value.shape):
+        return "dynamic shape (symbolic dimension) runs in PyTorch"
+    return None
+
+
+def unsupported_reason(node: torch.fx.Node, options: Options) -> str | None:
+    """Why ``node`` must run in PyTorch, or None when TVM can take it."""
+    if node.op != "call_function":
+        return "graph inputs, outputs and attributes stay in the partitioned graph"
+    target = node.target
+    name = op_name(target)
+    if target is operator.getitem:
+        return None
+    if not isinstance(target, torch._ops.OpOverload):
+        return f"{name} is not an ATen operator"
+    qualified = qualified_name(target)
+    if name in options.exclude_ops or qualified in options.exclude_ops or target._opname in options.exclude_ops:
+        return "excluded by option 'exclude_ops'"
+    if name not in converter_names():
+        return "TVM's Relax importer has no converter for this op"
+    if torch.Tag.nondeterministic_seeded in target.tags:
+        return "random op: results must come from PyTorch's RNG"
+    if target._schema.is_mutable:
+        return "mutates an input in place"
+    for value in _tensor_values(node):
+        reason = _value_reason(value)
+        if reason:
+            return reason
+    check = _CAPABILITY_CHECKS.get(target)
+    return check(node) if check else None

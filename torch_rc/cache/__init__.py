@@ -1,0 +1,1 @@
+"""Persistent artifacts: serialized compiled graphs (tuning-record store lands here too)."""

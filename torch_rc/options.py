@@ -1,0 +1,196 @@
+"""The one place torch_rc's settings are defined, documented, validated and read from the environment.
+
+Precedence, lowest to highest: field defaults < the ``mode=`` preset of ``torch.compile`` <
+``TORCH_RC_*`` environment variables < the ``options={...}`` dict of ``torch.compile``. This is the
+only module that reads the environment; everything else receives a frozen :class:`Options`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Mapping
+from typing import Any, Literal, get_args, get_origin
+
+from torch_rc.errors import OptionsError
+
+__all__ = ["Options", "MODE_PRESETS", "ENV_PREFIX"]
+
+ENV_PREFIX = "TORCH_RC_"
+
+Select = Literal["measure", "tvm", "torch"]
+Schedule = Literal["default", "none"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Settings of one ``torch.compile(..., backend="reasoning")`` call.
+
+    Attributes:
+        strict: Re-raise lowering, build and verification errors instead of falling back to
+            PyTorch. The test suite turns it on so that no fallback hides a bug.
+        select: How each TVM partition is chosen over its PyTorch twin. ``"measure"`` (default)
+            times both on the first real call and keeps the faster; ``"tvm"`` always runs TVM
+            (after verification); ``"torch"`` lowers and reports but always runs PyTorch.
+        verify: Check every TVM partition against PyTorch on its first real call; a mismatch
+            falls back to PyTorch (or raises with ``strict``).
+        rtol: Relative tolerance of that check; 0 picks a dtype-aware default (1e-4 for fp32).
+        atol: Absolute tolerance of that check; 0 picks a dtype-aware default (1e-4 for fp32).
+        min_partition_size: Smallest number of compute ops worth sending to TVM as one partition.
+        exclude_ops: ATen ops forced to run in PyTorch, e.g. ``("aten.gelu.default",)`` or
+            ``("gelu",)``; given as a tuple or a comma-separated string.
+        num_threads: CPU threads for TVM kernels; 0 uses every core torch uses.
+        schedule: ``"default"`` applies torch_rc's default CPU schedules to untuned kernels;
+            ``"none"`` leaves them unscheduled (only useful to measure how slow that is).
+        measure_repeats: Timed runs per side when ``select="measure"`` compares TVM and PyTorch.
+    """
+
+    strict: bool = False
+    select: Select = "measure"
+    verify: bool = True
+    rtol: float = 0.0
+    atol: float = 0.0
+    min_partition_size: int = 2
+    exclude_ops: tuple[str, ...] = ()
+    num_threads: int = 0
+    schedule: Schedule = "default"
+    measure_repeats: int = 10
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            object.__setattr__(self, field.name, _coerce(field.name, field.type, value))
+        if self.min_partition_size < 1:
+            raise OptionsError(f"option 'min_partition_size' must be >= 1, got {self.min_partition_size}")
+        if self.num_threads < 0:
+            raise OptionsError(f"option 'num_threads' must be >= 0, got {self.num_threads}")
+        if self.measure_repeats < 1:
+            raise OptionsError(f"option 'measure_repeats' must be >= 1, got {self.measure_repeats}")
+        if self.rtol < 0 or self.atol < 0:
+            raise OptionsError("options 'rtol' and 'atol' must be >= 0")
+
+    @classmethod
+    def resolve(
+        cls,
+        options: Mapping[str, Any] | None = None,
+        mode: str | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Options:
+        """Build the options of one compile from its mode, the environment and explicit options.
+
+        Args:
+            options: The ``options=`` dict given to ``torch.compile`` (may be None).
+            mode: The ``mode=`` given to ``torch.compile`` (None means ``"default"``).
+            environ: Environment to read ``TORCH_RC_*`` variables from; ``os.environ`` if None.
+
+        Raises:
+            OptionsError: for an unknown mode, an unknown key (naming its closest match), or a
+                value of the wrong type.
+        """
+        mode = mode or "default"
+        if mode not in MODE_PRESETS:
+            raise OptionsError(
+                f"unknown torch.compile mode {mode!r} for backend 'reasoning'; "
+                f"known modes: {', '.join(sorted(MODE_PRESETS))}"
+            )
+        merged: dict[str, Any] = dict(MODE_PRESETS[mode])
+        merged.update(_from_environ(os.environ if environ is None else environ))
+        for key, value in (options or {}).items():
+            merged[_check_key(key, "torch.compile option")] = value
+        return cls(**merged)
+
+    def replace(self, **changes: Any) -> Options:
+        """Return a copy with ``changes`` applied (validated like the constructor)."""
+        for key in changes:
+            _check_key(key, "option")
+        return dataclasses.replace(self, **changes)
+
+
+# mode= of torch.compile -> option presets. Tuning budgets join these when the tuner lands.
+MODE_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "reduce-overhead": {"min_partition_size": 4},
+    "max-autotune": {},
+    "max-autotune-no-cudagraphs": {},
+}
+
+
+def _field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Options)]
+
+
+def _check_key(key: str, what: str) -> str:
+    names = _field_names()
+    if key in names:
+        return key
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; known options: {', '.join(names)}"
+    raise OptionsError(f"unknown {what} {key!r} for backend 'reasoning'{hint}")
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in _field_names():
+            # Later stages (cache, LLM) own their own TORCH_RC_* names once they land;
+            # until then an unknown name is reported, not silently ignored.
+            _check_key(key, f"environment variable {name} ->")
+        found[key] = value
+    return found
+
+
+def _coerce(name: str, annotation: Any, value: Any) -> Any:
+    """Convert ``value`` (possibly a string from the environment) to the field's type."""
+    kind = _resolve_annotation(annotation)
+    try:
+        if kind is bool:
+            return _to_bool(value)
+        if kind is int:
+            if isinstance(value, bool):
+                raise TypeError("a bool is not an int")
+            return int(value)
+        if kind is float:
+            return float(value)
+        if kind == "tuple":
+            if isinstance(value, str):
+                return tuple(item.strip() for item in value.split(",") if item.strip())
+            return tuple(str(item) for item in value)
+        if isinstance(kind, tuple):  # Literal choices
+            if value not in kind:
+                raise ValueError(f"expected one of {', '.join(map(repr, kind))}")
+            return value
+    except (TypeError, ValueError) as exc:
+        raise OptionsError(f"invalid value {value!r} for option {name!r}: {exc}") from None
+    return value
+
+
+def _resolve_annotation(annotation: Any) -> Any:
+    table: dict[str, Any] = {
+        "bool": bool,
+        "int": int,
+        "float": float,
+        "tuple[str, ...]": "tuple",
+        "Select": get_args(Select),
+        "Schedule": get_args(Schedule),
+    }
+    if isinstance(annotation, str):
+        return table.get(annotation, annotation)
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    return annotation
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected a boolean (true/false, 1/0)")

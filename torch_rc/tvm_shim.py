@@ -1,0 +1,96 @@
+"""The one module that knows where TVM 0.27 keeps things, and which TVM versions torch_rc runs on.
+
+TVM moves its Python API between releases (``tvm.tir`` split into ``tvm.tirx`` and ``tvm.s_tir``;
+MetaSchedule moved under ``tvm.s_tir``; targets are JSON dicts). Every other module imports TVM
+through :func:`tvm_api`, which imports lazily (``import tvm`` costs seconds, so it must not run on
+``import torch_rc``) and fails early with a clear message on a version known not to work.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import types
+from dataclasses import dataclass
+
+from torch_rc.errors import TVMVersionError
+
+__all__ = ["TVMApi", "tvm_api", "SUPPORTED_TVM", "SUPPORTED_TVM_FFI"]
+
+SUPPORTED_TVM = "0.27"
+# apache-tvm-ffi 0.1.15.* is ABI-incompatible with the apache-tvm 0.27.0.post1 wheel: save_json and
+# MetaSchedule's database segfault inside tvm::ffi::ToJSONGraph (measured; see docs/tvm-facts.md).
+SUPPORTED_TVM_FFI = ("0.1.14.post0",)
+
+
+@dataclass(frozen=True)
+class TVMApi:
+    """Handles to the parts of TVM torch_rc uses, resolved once."""
+
+    tvm: types.ModuleType
+    relax: types.ModuleType
+    tirx: types.ModuleType
+    s_tir: types.ModuleType
+    importer_cls: type
+    version: str
+    ffi_version: str
+
+    def cpu_target(self, num_cores: int) -> object:
+        """An LLVM target for this host CPU (real ``mcpu``, so AVX2/AVX-512 are used)."""
+        mcpu = self.tvm.target.codegen.llvm_get_system_cpu()
+        return self.tvm.target.Target(
+            {"kind": "llvm", "num-cores": int(num_cores), "mcpu": mcpu, "mtriple": _host_triple()}
+        )
+
+    def from_dlpack(self, tensor: object) -> object:
+        """Zero-copy view of a DLPack-capable tensor as a TVM tensor."""
+        return self.tvm.runtime.from_dlpack(tensor)
+
+
+def _host_triple() -> str:
+    import platform
+
+    machine = platform.machine() or "x86_64"
+    return f"{machine}-linux-gnu" if platform.system() == "Linux" else f"{machine}-unknown-unknown"
+
+
+def _installed(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+@functools.cache
+def tvm_api() -> TVMApi:
+    """Import TVM once, check its version and return the handles torch_rc uses.
+
+    Raises:
+        TVMVersionError: TVM or tvm-ffi is missing or at a version known not to work.
+    """
+    tvm_version = _installed("apache-tvm")
+    ffi_version = _installed("apache-tvm-ffi")
+    if not tvm_version.startswith(SUPPORTED_TVM):
+        raise TVMVersionError(
+            f"torch_rc needs apache-tvm {SUPPORTED_TVM}.x, found {tvm_version or 'none'}; "
+            "install it with: pip install 'apache-tvm==0.27.0.post1' 'apache-tvm-ffi==0.1.14.post0'"
+        )
+    if ffi_version not in SUPPORTED_TVM_FFI:
+        raise TVMVersionError(
+            f"torch_rc needs apache-tvm-ffi {' or '.join(SUPPORTED_TVM_FFI)}, found "
+            f"{ffi_version or 'none'} (0.1.15 segfaults with apache-tvm 0.27 when serialising IR); "
+            "install it with: pip install 'apache-tvm-ffi==0.1.14.post0'"
+        )
+    import tvm
+    from tvm import relax, s_tir, tirx
+    from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
+
+    return TVMApi(
+        tvm=tvm,
+        relax=relax,
+        tirx=tirx,
+        s_tir=s_tir,
+        importer_cls=ExportedProgramImporter,
+        version=tvm_version,
+        ffi_version=ffi_version,
+    )
