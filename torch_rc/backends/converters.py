@@ -11,7 +11,7 @@ from typing import Any
 
 import torch.fx
 
-__all__ = ["EXTRA_CONVERTERS", "install"]
+__all__ = ["EXTRA_CONVERTERS", "OVERRIDE_CONVERTERS", "install"]
 
 
 def _t(importer: Any, node: torch.fx.Node) -> Any:
@@ -28,14 +28,35 @@ def _alias(importer: Any, node: torch.fx.Node) -> Any:
     return importer.env[node.args[0]]
 
 
+def _cat(importer: Any, node: torch.fx.Node) -> Any:
+    """``aten.cat`` that, like PyTorch, skips legacy empty 1-D inputs (empty KV caches)."""
+    from tvm import relax
+
+    tensors = list(node.args[0])
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    ndim = len(node.meta["val"].shape)
+    kept = [t for t in tensors if not (len(t.meta["val"].shape) == 1 and t.meta["val"].numel() == 0 and ndim != 1)]
+    if len(kept) == 1:
+        return importer.env[kept[0]]
+    axis = dim % ndim if ndim else 0
+    return importer.block_builder.emit(relax.op.concat([importer.env[t] for t in kept], axis=axis))
+
+
 EXTRA_CONVERTERS: dict[str, Callable[[Any, torch.fx.Node], Any]] = {
     "t.default": _t,
     "alias.default": _alias,
 }
 
+# Converters that replace TVM's own because its version rejects inputs PyTorch accepts.
+OVERRIDE_CONVERTERS: dict[str, Callable[[Any, torch.fx.Node], Any]] = {
+    "cat.default": _cat,
+}
+
 
 def install(importer: Any) -> None:
-    """Add the extra converters to ``importer.convert_map`` (TVM's own entries win)."""
+    """Add the extra converters to ``importer.convert_map`` and apply the overrides."""
     for name, fn in EXTRA_CONVERTERS.items():
         if name not in importer.convert_map:
             importer.convert_map[name] = lambda node, fn=fn: fn(importer, node)
+    for name, fn in OVERRIDE_CONVERTERS.items():
+        importer.convert_map[name] = lambda node, fn=fn: fn(importer, node)

@@ -96,4 +96,12 @@ def compile_graph(
         decompositions=core_aten_decompositions(),
         keep_inference_input_mutations=True,
     )
-    return backend(gm, example_inputs), report
+    try:
+        return backend(gm, example_inputs), report
+    except Exception as exc:  # tracing to ATen failed: the whole graph runs in PyTorch
+        if options.strict:
+            raise
+        reason = f"tracing to ATen failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        report.target = f"none: {reason}; the whole graph runs in PyTorch"
+        logger.warning("torch_rc: graph %d %s", index, report.target)
+        return gm.forward, report
