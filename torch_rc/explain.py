@@ -90,7 +90,7 @@ class CoverageReport:
     def __str__(self) -> str:
         lines = [self.summary()]
         for graph in self.graphs:
-            lines.append(f"graph {graph.index} [{graph.target}] built in {graph.compile_s:.2f}s")
+            lines.append(f"graph {graph.index} [{graph.target}] built in {graph.compile_s:.2f}s; runs {graph.choice}: {graph.choice_reason}")
             for part in graph.partitions:
                 timing = ""
                 if part.tvm_ms is not None and part.torch_ms is not None:
@@ -110,6 +110,8 @@ class CoverageReport:
 
         console = Console()
         console.print(f"[bold]torch_rc coverage[/bold]: {self.summary()}")
+        for graph in self.graphs:
+            console.print(f"graph {graph.index} [{graph.target}]: runs {graph.choice} ({graph.choice_reason})")
         parts = Table("graph", "partition", "ops", "runs on", "tvm ms", "torch ms", "why", title="TVM partitions")
         for graph in self.graphs:
             for part in graph.partitions:

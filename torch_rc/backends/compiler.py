@@ -37,6 +37,12 @@ class GraphReport:
         fallbacks: ATen ops left to PyTorch by the partitioner, with reasons.
         partitions: One report per TVM partition (decisions fill in on the first call).
         compile_s: Seconds spent partitioning, lowering and building.
+        rerun_safe: The graph neither mutates inputs nor draws random numbers, so it may be run
+            again to time it.
+        choice: ``"compiled"`` or ``"eager"`` once the whole-graph gate decided (else ``"pending"``).
+        choice_reason: Why.
+        eager_ms: Median time of the original graph run eagerly, when measured.
+        compiled_ms: Median time of the compiled graph, when measured.
     """
 
     index: int
@@ -45,6 +51,11 @@ class GraphReport:
     fallbacks: list[FallbackNode] = field(default_factory=list)
     partitions: list[PartitionReport] = field(default_factory=list)
     compile_s: float = 0.0
+    rerun_safe: bool = True
+    choice: str = "pending"
+    choice_reason: str = ""
+    eager_ms: float | None = None
+    compiled_ms: float | None = None
 
     @property
     def lowered_ops(self) -> int:
@@ -53,7 +64,9 @@ class GraphReport:
 
     @property
     def executed_ops(self) -> int:
-        """Compute ops inside partitions that run on TVM after the first-call choice."""
+        """Compute ops inside partitions that run on TVM after the first-call choices."""
+        if self.choice == "eager":
+            return 0
         return sum(p.num_ops for p in self.partitions if p.status == "tvm")
 
 
@@ -70,6 +83,7 @@ def compile_aten_graph(
     with ``options.strict`` they are raised instead.
     """
     start = time.perf_counter()
+    report.rerun_safe = report.rerun_safe and not any(_has_side_effects(node) for node in gm.graph.nodes)
     result = partition_graph(gm, options)
     report.total_ops += result.total_ops
     report.fallbacks.extend(result.fallbacks)
@@ -121,6 +135,13 @@ def _build_kernel(
         part.reason = str(exc)
         logger.warning("torch_rc: %s runs in PyTorch: %s", part.name, exc)
         return None
+
+
+def _has_side_effects(node: torch.fx.Node) -> bool:
+    target = node.target
+    if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+        return False
+    return target._schema.is_mutable or torch.Tag.nondeterministic_seeded in target.tags
 
 
 def _op_counts(sub: torch.fx.GraphModule) -> dict[str, int]:

@@ -15,6 +15,7 @@ import torch
 import torch.fx
 
 from torch_rc.backends.compiler import GraphReport, compile_aten_graph
+from torch_rc.backends.gate import GraphGate
 from torch_rc.backends.specialize import SpecializingGraph, has_symbolic_shapes
 from torch_rc.backends.target import detect_target, graph_device
 from torch_rc.options import Options
@@ -97,7 +98,7 @@ def compile_graph(
         keep_inference_input_mutations=True,
     )
     try:
-        return backend(gm, example_inputs), report
+        compiled = backend(gm, example_inputs)
     except Exception as exc:  # tracing to ATen failed: the whole graph runs in PyTorch
         if options.strict:
             raise
@@ -105,3 +106,13 @@ def compile_graph(
         report.target = f"none: {reason}; the whole graph runs in PyTorch"
         logger.warning("torch_rc: graph %d %s", index, report.target)
         return gm.forward, report
+    if options.select != "measure":
+        report.choice, report.choice_reason = "compiled", f"option select={options.select!r}"
+        return compiled, report
+    # A graph that needs autograd applies input mutations outside the ATen graph (in AOTAutograd's
+    # epilogue), where the side-effect check cannot see them: never re-run it for timing.
+    needs_grad = torch.is_grad_enabled() and any(
+        isinstance(value, torch.Tensor) and value.requires_grad for value in example_inputs
+    )
+    report.rerun_safe = report.rerun_safe and not needs_grad
+    return GraphGate(compiled, gm.forward, report, options), report

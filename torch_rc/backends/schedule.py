@@ -9,6 +9,7 @@ Tuned schedules (the tuning engine) replace it kernel by kernel.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -17,6 +18,8 @@ import torch
 from torch_rc.tvm_shim import tvm_api
 
 __all__ = ["default_schedule_pass", "vector_bytes"]
+
+logger = logging.getLogger(__name__)
 
 # Vector accumulators per row of a reduction: enough independent FMAs to hide FMA latency.
 _MAX_VECTORS_PER_ROW = 4
@@ -58,7 +61,8 @@ def _make_rule(dlight: Any, vbytes: int) -> Any:
                 for info in try_inline(sch, infos):
                     _schedule_block(sch, info, vbytes)
                 return sch
-            except Exception:  # noqa: BLE001 - a kernel we cannot schedule stays unscheduled
+            except Exception:  # a kernel we cannot schedule stays unscheduled (and is logged)
+                logger.warning("torch_rc: default CPU schedule failed for a kernel; it stays unscheduled", exc_info=True)
                 return None
 
     return CPUDefault()
@@ -104,8 +108,10 @@ def _schedule_block(sch: Any, info: Any, vbytes: int) -> None:
         sch.reorder(*spatial[:-1], j_outer, *reduce, j_inner)
         outer = sch.fuse(*spatial[:-1], j_outer) if len(spatial) > 1 else j_outer
         sch.parallel(outer)
-        sch.decompose_reduction(block, reduce[0])
+        # Vectorise while the block is still a complete reduction block; the update block that
+        # decompose_reduction leaves behind is not one, and vectorize rejects it.
         sch.vectorize(j_inner)
+        sch.decompose_reduction(block, reduce[0])
     else:
         outer = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
         sch.parallel(outer)
@@ -115,7 +121,10 @@ def _write_bits(sch: Any, block: Any) -> int:
     writes = sch.get(block).writes
     if not writes:
         return 32
-    return int(writes[0].buffer.dtype.bits) or 32
+    # TVM 0.27 regions are TensorRegion (tensor in ``.source``); older ones BufferRegion (``.buffer``).
+    region = writes[0]
+    tensor = getattr(region, "buffer", None) or region.source
+    return int(tvm_api().tvm.DataType(str(tensor.dtype)).bits) or 32
 
 
 def _writes_contiguously(sch: Any, block: Any, num_spatial: int) -> bool:
