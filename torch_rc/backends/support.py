@@ -100,10 +100,27 @@ def _to_copy_check(node: torch.fx.Node) -> str | None:
     return None
 
 
+def _first_output_only(node: torch.fx.Node) -> str | None:
+    """TVM's converters for these multi-output ops compute only output 0 correctly (the
+    statistics / indices outputs come back wrong: seen as layer-norm mean/rstd of the wrong
+    shape in training graphs), so they are supported only when nothing else is used."""
+    for user in node.users:
+        if user.target is not operator.getitem or user.args[1] != 0:
+            return "TVM computes only the first output of this op, and another output is used"
+    return None
+
+
 _CAPABILITY_CHECKS: dict[object, Callable[[torch.fx.Node], str | None]] = {
     torch.ops.aten.native_dropout.default: _dropout_check,
     torch.ops.aten.dropout.default: _dropout_check,
     torch.ops.aten._to_copy.default: _to_copy_check,
+    torch.ops.aten.native_layer_norm.default: _first_output_only,
+    torch.ops.aten.native_group_norm.default: _first_output_only,
+    torch.ops.aten._native_batch_norm_legit_no_training.default: _first_output_only,
+    torch.ops.aten._native_batch_norm_legit_functional.default: _first_output_only,
+    torch.ops.aten._native_batch_norm_legit.no_stats: _first_output_only,
+    torch.ops.aten.max_pool2d_with_indices.default: _first_output_only,
+    torch.ops.aten.max_pool3d_with_indices.default: _first_output_only,
 }
 
 
