@@ -1,0 +1,95 @@
+"""End-to-end benchmark: eager vs Inductor vs reasoning, in one process.
+
+For each model: median latency (ms) of each, first-call time (compile + first run, s), the
+fraction of ATen ops lowered to / executed on TVM, and what the reasoning backend chose.
+This machine is shared and noisy: read the ratios, and rerun for medians across runs.
+
+    .venv/bin/python benchmarks/e2e.py [--models mlp,bert] [--runs 30] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.backends import models as zoo  # noqa: E402  (the same public model set the tests use)
+
+import torch_rc  # noqa: E402
+
+MODELS = {f.__name__: f for f in zoo.SMALL_MODELS + zoo.TRANSFORMERS}
+
+
+def median_ms(fn, inputs, runs: int) -> float:
+    for _ in range(3):
+        fn(*inputs)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn(*inputs)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def first_call(backend: str, model, inputs, **kwargs):
+    torch._dynamo.reset()
+    start = time.perf_counter()
+    compiled = torch.compile(model, backend=backend, **kwargs)
+    compiled(*inputs)
+    return compiled, time.perf_counter() - start
+
+
+def bench(name: str, runs: int) -> dict:
+    torch.manual_seed(0)
+    model, inputs = MODELS[name]()
+    row: dict = {"model": name}
+    with torch.no_grad():
+        row["eager_ms"] = median_ms(model, inputs, runs)
+        inductor, row["inductor_first_s"] = first_call("inductor", model, inputs)
+        row["inductor_ms"] = median_ms(inductor, inputs, runs)
+        reasoning, row["reasoning_first_s"] = first_call("reasoning", model, inputs)
+        row["reasoning_ms"] = median_ms(reasoning, inputs, runs)
+        torch._dynamo.reset()
+        report = torch_rc.explain(model, *inputs, print_report=False)
+    row["lowered"] = report.lowered_fraction
+    row["executed"] = report.executed_fraction
+    row["choice"] = "; ".join(f"{g.choice}: {g.choice_reason}" for g in report.graphs)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of: " + ", ".join(MODELS))
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per backend (median reported)")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    header = f"{'model':14} {'eager':>8} {'inductor':>9} {'reasoning':>10} {'r/eager':>8} {'ind 1st':>8} {'rc 1st':>7} {'lowered':>8} {'on TVM':>7}  choice"
+    print(header)
+    rows = []
+    for name in names:
+        row = bench(name, args.runs)
+        rows.append(row)
+        print(
+            f"{name:14} {row['eager_ms']:8.3f} {row['inductor_ms']:9.3f} {row['reasoning_ms']:10.3f} "
+            f"{row['eager_ms'] / row['reasoning_ms']:7.2f}x {row['inductor_first_s']:7.1f}s {row['reasoning_first_s']:6.1f}s "
+            f"{row['lowered']:8.0%} {row['executed']:7.0%}  {row['choice']}",
+            flush=True,
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
