@@ -5,14 +5,15 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.fx
 
 from torch_rc.backends.build import build_executable
-from torch_rc.backends.lower import lower_partition
+from torch_rc.backends.lower import lower_partition, tensor_spec
 from torch_rc.backends.partition import FallbackNode, partition_graph
 from torch_rc.backends.runtime import TVMKernel
 from torch_rc.backends.select import PartitionReport, SelectingPartition
@@ -76,11 +77,18 @@ def compile_aten_graph(
     options: Options,
     target: TargetInfo,
     report: GraphReport,
+    kernels: dict[str, Any] | None = None,
+    prebuilt: Mapping[str, Any] | None = None,
 ) -> torch.fx.GraphModule:
     """Partition ``gm`` and replace each TVM partition with a :class:`SelectingPartition`.
 
     Lowering and build failures are recorded in ``report`` and that partition runs in PyTorch;
     with ``options.strict`` they are raised instead.
+
+    Args:
+        kernels: Filled with the TVM kernel of each partition, by submodule name.
+        prebuilt: Kernel blobs (from a serialized artifact) to load instead of building, by
+            submodule name; a blob whose input specs do not match is ignored and rebuilt.
     """
     start = time.perf_counter()
     report.rerun_safe = report.rerun_safe and not any(_has_side_effects(node) for node in gm.graph.nodes)
@@ -93,7 +101,12 @@ def compile_aten_graph(
         sub = getattr(parent, name)
         part = PartitionReport(name=name, num_ops=result.partition_ops[name], ops=_op_counts(sub))
         report.partitions.append(part)
-        kernel = _build_kernel(sub, calls[name], target, options, part)
+        blob = (prebuilt or {}).get(name)
+        kernel = _load_kernel(blob, calls[name], target, part) if blob is not None else None
+        if kernel is None:
+            kernel = _build_kernel(sub, calls[name], target, options, part)
+        if kernel is not None and kernels is not None:
+            kernels[name] = kernel
         setattr(parent, name, SelectingPartition(sub, kernel, part, options))
     parent.recompile()
     report.compile_s += time.perf_counter() - start
@@ -116,9 +129,8 @@ def _build_kernel(
     options: Options,
     part: PartitionReport,
 ) -> TVMKernel | None:
-    input_values = [arg.meta.get("val") if isinstance(arg, torch.fx.Node) else arg for arg in call.args]
     try:
-        lowered = lower_partition(sub, input_values)
+        lowered = lower_partition(sub, _input_values(call))
         executable = build_executable(lowered.mod, target, options)
         return TVMKernel(
             executable,
@@ -135,6 +147,28 @@ def _build_kernel(
         part.reason = str(exc)
         logger.warning("torch_rc: %s runs in PyTorch: %s", part.name, exc)
         return None
+
+
+def _input_values(call: torch.fx.Node) -> list[object]:
+    return [arg.meta.get("val") if isinstance(arg, torch.fx.Node) else arg for arg in call.args]
+
+
+def _load_kernel(blob: Any, call: torch.fx.Node, target: TargetInfo, part: PartitionReport) -> TVMKernel | None:
+    """A kernel from a serialized library, or None when the blob does not fit this partition."""
+    from torch_rc.cache.artifacts import load_library
+
+    try:
+        specs = tuple(tensor_spec(value) for value in _input_values(call))
+    except LoweringError:
+        return None
+    if specs != tuple(blob.inputs):
+        logger.warning("torch_rc: stored kernel for %s has other input specs; rebuilding", part.name)
+        return None
+    kernel = TVMKernel(
+        load_library(blob.library), target.tvm_device(), blob.inputs, blob.outputs, blob.single_output, name=part.name
+    )
+    kernel.library = blob.library
+    return kernel
 
 
 def _has_side_effects(node: torch.fx.Node) -> bool:

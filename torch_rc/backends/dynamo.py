@@ -18,6 +18,7 @@ from torch_rc.backends.compiler import GraphReport, compile_aten_graph
 from torch_rc.backends.gate import GraphGate
 from torch_rc.backends.specialize import SpecializingGraph, has_symbolic_shapes
 from torch_rc.backends.target import detect_target, graph_device
+from torch_rc.cache.artifacts import CompiledGraph, KernelBlob, options_dict
 from torch_rc.options import Options
 
 __all__ = ["reasoning", "compile_graph"]
@@ -32,7 +33,7 @@ def reasoning(
     *,
     mode: str | None = None,
     options: Mapping[str, Any] | None = None,
-) -> Callable[..., Any]:
+) -> CompiledGraph:
     """Compile a Dynamo graph with TVM, falling back to PyTorch for what TVM cannot take.
 
     Args:
@@ -51,41 +52,57 @@ def compile_graph(
     example_inputs: Sequence[object],
     options: Options,
     report_sink: list[GraphReport] | None = None,
-) -> tuple[Callable[..., Any], GraphReport]:
-    """Compile one Dynamo graph; return the callable and its (live) report.
+    prebuilt: Mapping[str, KernelBlob] | None = None,
+) -> tuple[CompiledGraph, GraphReport]:
+    """Compile one Dynamo graph; return the (serializable) callable and its live report.
 
     The graph goes through AOTAutograd, which functionalizes it, lowers it to ATen and keeps
     input-mutation and autograd semantics; the forward (or inference) ATen graph is partitioned
     and built by :func:`compile_aten_graph`, and a backward, if one is needed, runs in PyTorch.
+
+    Args:
+        report_sink: Every GraphReport made (including per-signature ones) is appended here.
+        prebuilt: Kernel blobs from a serialized artifact, loaded instead of built.
     """
+    kernels: dict[str, Any] = {}
+    fn, report = _compile(gm, list(example_inputs), options, report_sink, kernels, prebuilt)
+    return CompiledGraph(fn, gm, list(example_inputs), options_dict(options), kernels, report), report
+
+
+def _compile(
+    gm: torch.fx.GraphModule,
+    example_inputs: list[object],
+    options: Options,
+    report_sink: list[GraphReport] | None,
+    kernels: dict[str, Any],
+    prebuilt: Mapping[str, KernelBlob] | None,
+) -> tuple[Callable[..., Any], GraphReport]:
     from torch._decomp import core_aten_decompositions
     from torch._dynamo.backends.common import aot_autograd
     from torch._functorch.aot_autograd import make_boxed_func
 
+    index = next(_graph_counter)
     if has_symbolic_shapes(example_inputs):
 
         def compile_static(graph: torch.fx.GraphModule, args: list[object]) -> Callable[..., Any]:
             return compile_graph(graph, args, options, report_sink)[0]
 
-        report = GraphReport(index=next(_graph_counter), target="symbolic shapes: specialised per input signature at call time")
+        report = GraphReport(index=index, target="symbolic shapes: specialised per input signature at call time")
         return SpecializingGraph(gm, compile_static), report
 
     device = graph_device(example_inputs)
-    index = next(_graph_counter)
     if device.type != "cpu":
         report = GraphReport(index=index, target=f"none: {device.type} graphs run in PyTorch (no {device.type} path yet)")
-        if report_sink is not None:
-            report_sink.append(report)
+        _sink(report_sink, report)
         logger.warning("torch_rc: %s", report.target)
         return gm.forward, report
 
     target = detect_target(options)
     report = GraphReport(index=index, target=target.description)
-    if report_sink is not None:
-        report_sink.append(report)
+    _sink(report_sink, report)
 
     def forward_compiler(aten_gm: torch.fx.GraphModule, aten_inputs: Sequence[object]) -> Callable[..., Any]:
-        return compile_aten_graph(aten_gm, aten_inputs, options, target, report)
+        return compile_aten_graph(aten_gm, aten_inputs, options, target, report, kernels, prebuilt)
 
     def backward_compiler(aten_gm: torch.fx.GraphModule, _inputs: Sequence[object]) -> Callable[..., Any]:
         return make_boxed_func(aten_gm.forward)
@@ -97,8 +114,17 @@ def compile_graph(
         decompositions=core_aten_decompositions(),
         keep_inference_input_mutations=True,
     )
+    # aot_compile forces AOTAutograd's own (Inductor-only) artifact cache on; torch_rc's artifact
+    # serializes itself (torch_rc.cache.artifacts), so that cache stays off for this inner call.
+    no_autograd_cache = torch._functorch.config.patch(
+        enable_autograd_cache=False,
+        force_autograd_cache=False,
+        bundled_autograd_cache=False,
+        strict_autograd_cache=False,
+    )
     try:
-        compiled = backend(gm, example_inputs)
+        with no_autograd_cache:
+            compiled = backend(gm, example_inputs)
     except Exception as exc:  # tracing to ATen failed: the whole graph runs in PyTorch
         if options.strict:
             raise
@@ -116,3 +142,8 @@ def compile_graph(
     )
     report.rerun_safe = report.rerun_safe and not needs_grad
     return GraphGate(compiled, gm.forward, report, options), report
+
+
+def _sink(report_sink: list[GraphReport] | None, report: GraphReport) -> None:
+    if report_sink is not None:
+        report_sink.append(report)

@@ -39,6 +39,8 @@ class TVMKernel:
         self.outputs = list(outputs)
         self.single_output = single_output
         self.name = name
+        # Shared-library bytes, when the kernel was loaded from (or exported to) an artifact.
+        self.library: bytes | None = None
         self._vm = tvm_api().relax.VirtualMachine(executable, device)
         self._main = self._vm["main"]
 

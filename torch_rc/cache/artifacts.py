@@ -1,0 +1,203 @@
+"""Compiled graphs as PyTorch ``SerializableCallable`` artifacts.
+
+Every graph the ``reasoning`` backend compiles is returned as a :class:`CompiledGraph`, which is
+what ``torch.compile(..., fullgraph=True).aot_compile(...)`` and
+``torch.compiler.save_compiled_function`` / ``load_compiled_function`` need. Its serialized form
+holds the Dynamo graph, the example-input specs, the options and each TVM partition's built
+library; loading re-traces the graph (seconds) but reuses the libraries, so no TVM code generation
+runs. The first call after loading verifies and times partitions again (choices are per machine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pickle
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch._dynamo.aot_compile_types import SerializableCallable
+
+from torch_rc.backends.lower import TensorSpec
+from torch_rc.errors import CacheError
+
+__all__ = ["CompiledGraph", "KernelBlob", "ARTIFACT_VERSION"]
+
+logger = logging.getLogger(__name__)
+
+ARTIFACT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class KernelBlob:
+    """A built TVM partition: its shared library and calling convention."""
+
+    library: bytes
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    single_output: bool
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What an example input of a Dynamo graph looked like (enough to fake it again)."""
+
+    kind: str  # "tensor" or "value"
+    shape: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    dtype: torch.dtype | None = None
+    device: str = "cpu"
+    requires_grad: bool = False
+    value: Any = None
+
+    @classmethod
+    def of(cls, value: object) -> InputSpec:
+        if isinstance(value, torch.Tensor):
+            return cls(
+                "tensor",
+                tuple(int(d) for d in value.shape),
+                tuple(int(s) for s in value.stride()),
+                value.dtype,
+                value.device.type,
+                bool(value.requires_grad),
+            )
+        return cls("value", value=value if isinstance(value, (int, float, bool)) else None)
+
+
+class CompiledGraph(SerializableCallable):
+    """The backend's result for one Dynamo graph: a callable that can also be serialized.
+
+    Attributes:
+        fn: What actually runs (a gate, a specialiser, or the graph itself).
+        graph_module: The Dynamo graph it was compiled from.
+        input_specs: Specs of the graph's example inputs.
+        options: The resolved options, as a dict.
+        kernels: TVM kernels (or blobs) by partition name, filled during compilation.
+        report: The live GraphReport (not serialized).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        graph_module: torch.fx.GraphModule,
+        example_inputs: list[object],
+        options: dict[str, Any],
+        kernels: dict[str, Any],
+        report: Any,
+    ) -> None:
+        self.fn = fn
+        self.graph_module = graph_module
+        self.input_specs = [InputSpec.of(value) for value in example_inputs]
+        self.options = options
+        self.kernels = kernels
+        self.report = report
+        # AOTAutograd traces an inference or a training graph depending on grad mode; a loaded
+        # artifact must be re-traced the same way for its stored kernels to fit.
+        self.grad_enabled = torch.is_grad_enabled()
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    @classmethod
+    def serialize_compile_artifacts(cls, fn: CompiledGraph) -> bytes:
+        from torch.fx._graph_pickler import GraphPickler, Options
+
+        from torch_rc.tvm_shim import tvm_api
+
+        graph_module = fn.graph_module
+        for node in graph_module.graph.nodes:
+            for key in ("nn_module_stack", "source_fn_stack", "example_value", "grapharg"):
+                node.meta.pop(key, None)
+        api = tvm_api()
+        state = {
+            "artifact_version": ARTIFACT_VERSION,
+            "torch": torch.__version__,
+            "tvm": api.version,
+            "tvm_ffi": api.ffi_version,
+            "graph_module": GraphPickler.dumps(graph_module, Options(ops_filter=None)),
+            "input_specs": fn.input_specs,
+            "options": fn.options,
+            "kernels": {name: _blob(kernel) for name, kernel in fn.kernels.items()},
+            "grad_enabled": fn.grad_enabled,
+        }
+        return pickle.dumps(state)
+
+    @classmethod
+    def deserialize_compile_artifacts(cls, data: bytes) -> CompiledGraph:
+        from torch._subclasses import FakeTensorMode
+        from torch.fx._graph_pickler import GraphPickler
+        from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+        from torch_rc.backends.dynamo import compile_graph
+        from torch_rc.options import Options
+        from torch_rc.tvm_shim import tvm_api
+
+        state = pickle.loads(data)
+        if state.get("artifact_version") != ARTIFACT_VERSION:
+            raise CacheError(
+                f"compiled artifact has format version {state.get('artifact_version')}, "
+                f"this torch_rc reads version {ARTIFACT_VERSION}; recompile it"
+            )
+        api = tvm_api()
+        kernels = state["kernels"]
+        if (state["tvm"], state["tvm_ffi"]) != (api.version, api.ffi_version):
+            logger.warning(
+                "torch_rc: artifact built with TVM %s / tvm-ffi %s, running %s / %s: rebuilding kernels",
+                state["tvm"], state["tvm_ffi"], api.version, api.ffi_version,
+            )
+            kernels = {}
+        fake_mode = FakeTensorMode(shape_env=ShapeEnv())
+        graph_module = GraphPickler.loads(state["graph_module"], fake_mode)
+        # The loaded graph keeps Dynamo's compile id but not its per-placeholder sources, which
+        # AOTAutograd would then insist on; it is no longer a live Dynamo graph, so drop the id.
+        graph_module.meta.pop("dynamo_compile_id", None)
+        with fake_mode:
+            example = [_fake(spec) for spec in state["input_specs"]]
+        options = Options(**state["options"])
+        with torch.set_grad_enabled(state["grad_enabled"]):
+            compiled, _report = compile_graph(graph_module, example, options, prebuilt=kernels)
+        return compiled
+
+
+def _blob(kernel: Any) -> KernelBlob:
+    if isinstance(kernel, KernelBlob):
+        return kernel
+    if kernel.library is None:
+        kernel.library = export_library(kernel.executable)
+    return KernelBlob(kernel.library, tuple(kernel.inputs), tuple(kernel.outputs), kernel.single_output)
+
+
+def _fake(spec: InputSpec) -> object:
+    if spec.kind != "tensor":
+        return spec.value
+    tensor = torch.empty_strided(spec.shape, spec.stride, dtype=spec.dtype, device=spec.device)
+    return tensor.requires_grad_(spec.requires_grad) if spec.requires_grad else tensor
+
+
+def export_library(executable: Any) -> bytes:
+    """The shared-library bytes of a Relax executable."""
+    with tempfile.TemporaryDirectory(prefix="torch_rc_") as tmp:
+        path = os.path.join(tmp, "kernel.so")
+        executable.export_library(path)
+        with open(path, "rb") as handle:
+            return handle.read()
+
+
+def load_library(library: bytes) -> Any:
+    """Load a Relax executable from shared-library bytes written by :func:`export_library`."""
+    from torch_rc.tvm_shim import tvm_api
+
+    with tempfile.TemporaryDirectory(prefix="torch_rc_") as tmp:
+        path = os.path.join(tmp, "kernel.so")
+        with open(path, "wb") as handle:
+            handle.write(library)
+        return tvm_api().tvm.runtime.load_module(path)
+
+
+def options_dict(options: Any) -> dict[str, Any]:
+    """Options as a plain dict for the artifact (the dataclass round-trips through it)."""
+    return dataclasses.asdict(options)
