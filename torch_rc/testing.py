@@ -35,9 +35,15 @@ def assert_matches_eager(
 ) -> None:
     """Assert that ``compiled(*inputs)`` equals ``eager(*inputs)``: count, shapes, dtypes, values.
 
-    Tolerances default to 1e-4 for fp32 (dtype-aware through ``torch.testing.assert_close``
-    otherwise). Use random, non-zero inputs: zero-filled inputs hide most bugs.
+    Tolerances default to the table the runtime's verification uses
+    (:func:`torch_rc.backends.select.tolerances`: 1e-4 for fp32, 1e-7 for fp64, 1e-2 for fp16,
+    2e-2 for bf16, exact for integers). Use random, non-zero inputs: zero-filled inputs hide most
+    bugs.
     """
+    from torch_rc.backends.select import tolerances
+    from torch_rc.options import Options
+
+    defaults = Options()
     got = flatten_outputs(compiled(*inputs))
     want = flatten_outputs(eager(*inputs))
     if len(got) != len(want):
@@ -45,7 +51,7 @@ def assert_matches_eager(
     for index, (g, w) in enumerate(zip(got, want, strict=True)):
         if g.shape != w.shape or g.dtype != w.dtype:
             raise AssertionError(f"output {index}: {tuple(g.shape)} {g.dtype} vs eager {tuple(w.shape)} {w.dtype}")
-        tol = {} if w.dtype != torch.float32 else {"rtol": 1e-4, "atol": 1e-4}
-        if rtol is not None:
-            tol = {"rtol": rtol, "atol": atol if atol is not None else rtol}
-        torch.testing.assert_close(g, w, **tol, msg=lambda m, i=index: f"output {i}: {m}")
+        default_rtol, default_atol = tolerances(w.dtype, defaults)
+        tol_r = default_rtol if rtol is None else rtol
+        tol_a = default_atol if atol is None else atol
+        torch.testing.assert_close(g, w, rtol=tol_r, atol=tol_a, msg=lambda m, i=index: f"output {i}: {m}")

@@ -50,3 +50,50 @@ def factory_encoder():
     from .models import encoder_layer
 
     return encoder_layer()
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_encoder_fast_path_is_decomposed_onto_tvm(norm_first, activation):
+    layer = torch.nn.TransformerEncoderLayer(
+        32, 4, 64, dropout=0.0, batch_first=True, norm_first=norm_first, activation=activation
+    )
+    model = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    x = torch.randn(2, 8, 32)
+    report = torch_rc.explain(model, x, options=STRICT_TVM, print_report=False)
+    assert report.lowered_fraction == 1.0, str(report)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        assert_matches_eager(torch.compile(model, backend="reasoning", options=STRICT_TVM), model, x)
+
+
+def test_masked_encoder_fast_path_stays_in_pytorch_and_matches():
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    model = torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=False).eval()
+    x = torch.randn(2, 8, 32)
+    pad = torch.zeros(2, 8, dtype=torch.bool)
+    pad[1, 5:] = True
+    with torch.no_grad():
+        compiled = torch.compile(model, backend="reasoning", options=STRICT_TVM)
+        out = compiled(x, src_key_padding_mask=pad)
+        torch.testing.assert_close(out, model(x, src_key_padding_mask=pad), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+def test_other_float_dtypes_match_eager(dtype):
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)).to(dtype).eval()
+    x = torch.randn(4, 16, dtype=dtype)
+    compiled = torch.compile(model, backend="reasoning", options=STRICT_TVM)
+    with torch.no_grad():
+        assert_matches_eager(compiled, model, x)
+
+
+def test_float64_convolution_stays_in_pytorch_with_reason():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).double().eval()
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    report = torch_rc.explain(model, x, options=STRICT_TVM, print_report=False)
+    reasons = {f.op: f.reasons for f in report.fallbacks()}
+    assert "float32 only" in reasons["aten.convolution.default"][0]
+    torch._dynamo.reset()
+    with torch.no_grad():
+        assert_matches_eager(torch.compile(model, backend="reasoning", options=STRICT_TVM), model, x)

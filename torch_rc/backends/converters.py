@@ -42,6 +42,29 @@ def _cat(importer: Any, node: torch.fx.Node) -> Any:
     return importer.block_builder.emit(relax.op.concat([importer.env[t] for t in kept], axis=axis))
 
 
+def _addmm(importer: Any, node: torch.fx.Node) -> Any:
+    """``aten.addmm`` accumulating like PyTorch: in float64 for float64, in float32 for float32 and
+    half types, then cast back (TVM 0.27's converter hard-codes a float32 result)."""
+    from tvm import relax
+
+    bias, mat1, mat2 = (importer.env[arg] for arg in node.args[:3])
+    beta = node.kwargs.get("beta", 1)
+    alpha = node.kwargs.get("alpha", 1)
+    dtype = str(node.meta["val"].dtype).replace("torch.", "")
+    accumulate = "float64" if dtype == "float64" else "float32" if "float" in dtype else dtype
+    emit = importer.block_builder.emit
+    product = emit(relax.op.linear_algebra.matmul(mat1, mat2, out_dtype=accumulate))
+    if accumulate != dtype:
+        product = emit(relax.op.astype(product, dtype))
+    if alpha != 1:
+        product = emit(relax.op.multiply(product, relax.const(alpha, dtype)))
+    if beta == 0:
+        return product
+    if beta != 1:
+        bias = emit(relax.op.multiply(bias, relax.const(beta, dtype)))
+    return emit(relax.op.add(bias, product))
+
+
 EXTRA_CONVERTERS: dict[str, Callable[[Any, torch.fx.Node], Any]] = {
     "t.default": _t,
     "alias.default": _alias,
@@ -50,6 +73,7 @@ EXTRA_CONVERTERS: dict[str, Callable[[Any, torch.fx.Node], Any]] = {
 # Converters that replace TVM's own because its version rejects inputs PyTorch accepts.
 OVERRIDE_CONVERTERS: dict[str, Callable[[Any, torch.fx.Node], Any]] = {
     "cat.default": _cat,
+    "addmm.default": _addmm,
 }
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.fx
 
 from torch_rc.backends.compiler import GraphReport, compile_aten_graph
+from torch_rc.backends.decompositions import decomposition_table
 from torch_rc.backends.gate import GraphGate
 from torch_rc.backends.specialize import SpecializingGraph, has_symbolic_shapes
 from torch_rc.backends.target import detect_target, graph_device
@@ -77,7 +78,6 @@ def _compile(
     kernels: dict[str, Any],
     prebuilt: Mapping[str, KernelBlob] | None,
 ) -> tuple[Callable[..., Any], GraphReport]:
-    from torch._decomp import core_aten_decompositions
     from torch._dynamo.backends.common import aot_autograd
     from torch._functorch.aot_autograd import make_boxed_func
 
@@ -111,7 +111,7 @@ def _compile(
         fw_compiler=forward_compiler,
         inference_compiler=forward_compiler,
         bw_compiler=backward_compiler,
-        decompositions=core_aten_decompositions(),
+        decompositions=decomposition_table(),
         keep_inference_input_mutations=True,
     )
     # aot_compile forces AOTAutograd's own (Inductor-only) artifact cache on; torch_rc's artifact

@@ -110,7 +110,22 @@ def _first_output_only(node: torch.fx.Node) -> str | None:
     return None
 
 
+def _float32_only(node: torch.fx.Node) -> str | None:
+    """TVM 0.27's converters for these ops hard-code a float32 result."""
+    value = node.meta.get("val")
+    if isinstance(value, torch.Tensor) and value.dtype != torch.float32:
+        return f"TVM's converter computes this op in float32 only (got {value.dtype})"
+    return None
+
+
 _CAPABILITY_CHECKS: dict[object, Callable[[torch.fx.Node], str | None]] = {
+    torch.ops.aten.convolution.default: _float32_only,
+    torch.ops.aten.conv1d.default: _float32_only,
+    torch.ops.aten.conv2d.default: _float32_only,
+    torch.ops.aten.conv3d.default: _float32_only,
+    torch.ops.aten.conv_transpose1d.default: _float32_only,
+    torch.ops.aten.conv_transpose2d.input: _float32_only,
+    torch.ops.aten.baddbmm.default: _float32_only,
     torch.ops.aten.native_dropout.default: _dropout_check,
     torch.ops.aten.dropout.default: _dropout_check,
     torch.ops.aten._to_copy.default: _to_copy_check,
