@@ -20,9 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.backends import models as zoo  # noqa: E402  (the same public model set the tests use)
-
 import torch_rc  # noqa: E402
+from tests.backends import models as zoo  # noqa: E402  (the same public model set the tests use)
 
 MODELS = {f.__name__: f for f in zoo.SMALL_MODELS + zoo.TRANSFORMERS}
 
@@ -65,16 +64,24 @@ def bench(name: str, runs: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of: " + ", ".join(MODELS))
-    parser.add_argument("--runs", type=int, default=30, help="timed runs per backend (median reported)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--models", default=",".join(MODELS), help="comma-separated subset of: " + ", ".join(MODELS)
+    )
+    parser.add_argument(
+        "--runs", type=int, default=30, help="timed runs per backend (median reported)"
+    )
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
     header = f"{'model':14} {'eager':>8} {'inductor':>9} {'reasoning':>10} {'r/eager':>8} {'ind 1st':>8} {'rc 1st':>7} {'lowered':>8} {'on TVM':>7}  choice"
     print(header)
     rows = []

@@ -51,9 +51,16 @@ class TinyTransformer(nn.Module):
 
 def small_cnn() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.SiLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.SiLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
     )
 
 
@@ -86,7 +93,9 @@ def main() -> None:
             eager = median_ms(model, *inputs)
             reasoning = median_ms(compiled, *inputs)
         print(f"matches eager: yes   first call (compile + choose): {first_call:.1f} s")
-        print(f"latency: eager {eager:.3f} ms   reasoning {reasoning:.3f} ms   ({eager / reasoning:.2f}x)")
+        print(
+            f"latency: eager {eager:.3f} ms   reasoning {reasoning:.3f} ms   ({eager / reasoning:.2f}x)"
+        )
         torch._dynamo.reset()
         torch_rc.explain(model, *inputs)
 

@@ -14,7 +14,9 @@ def test_training_mode_dropout_runs_in_pytorch():
     torch.manual_seed(0)
     report = torch_rc.explain(model, torch.randn(4, 16), options=STRICT_TVM, print_report=False)
     ops = {f.op: f.reasons for f in report.fallbacks()}
-    assert ops["aten.native_dropout.default"] == ("random op: results must come from PyTorch's RNG",)
+    assert ops["aten.native_dropout.default"] == (
+        "random op: results must come from PyTorch's RNG",
+    )
     # The dropout splits the graph; each remaining addmm alone is below min_partition_size.
     assert ops["aten.addmm.default"] == ("partition smaller than min_partition_size=2",)
 
@@ -29,7 +31,9 @@ def test_dynamic_shapes_are_specialised_per_signature():
     from torch_rc.options import Options
 
     opts = Options(**STRICT_TVM)
-    compiled = torch.compile(model, backend=lambda gm, ex: compile_graph(gm, ex, opts, sink_reports)[0])
+    compiled = torch.compile(
+        model, backend=lambda gm, ex: compile_graph(gm, ex, opts, sink_reports)[0]
+    )
     with torch.no_grad():
         for batch in (2, 3, 5, 3):
             assert_matches_eager(compiled, model, torch.randn(batch, 8))

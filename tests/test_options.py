@@ -4,7 +4,9 @@ from torch_rc import Options, OptionsError
 
 
 def test_defaults_and_explicit_options_win_over_env():
-    opts = Options.resolve({"strict": True}, None, environ={"TORCH_RC_STRICT": "0", "TORCH_RC_SELECT": "tvm"})
+    opts = Options.resolve(
+        {"strict": True}, None, environ={"TORCH_RC_STRICT": "0", "TORCH_RC_SELECT": "tvm"}
+    )
     assert opts.strict is True
     assert opts.select == "tvm"
 
@@ -29,7 +31,9 @@ def test_bad_value_names_option():
 
 
 def test_env_strings_are_coerced():
-    opts = Options.resolve(environ={"TORCH_RC_EXCLUDE_OPS": "gelu, aten.mm.default", "TORCH_RC_NUM_THREADS": "3"})
+    opts = Options.resolve(
+        environ={"TORCH_RC_EXCLUDE_OPS": "gelu, aten.mm.default", "TORCH_RC_NUM_THREADS": "3"}
+    )
     assert opts.exclude_ops == ("gelu", "aten.mm.default")
     assert opts.num_threads == 3
 

@@ -90,12 +90,16 @@ class CoverageReport:
     def __str__(self) -> str:
         lines = [self.summary()]
         for graph in self.graphs:
-            lines.append(f"graph {graph.index} [{graph.target}] built in {graph.compile_s:.2f}s; runs {graph.choice}: {graph.choice_reason}")
+            lines.append(
+                f"graph {graph.index} [{graph.target}] built in {graph.compile_s:.2f}s; runs {graph.choice}: {graph.choice_reason}"
+            )
             for part in graph.partitions:
                 timing = ""
                 if part.tvm_ms is not None and part.torch_ms is not None:
                     timing = f" tvm {part.tvm_ms:.3f} ms vs torch {part.torch_ms:.3f} ms;"
-                lines.append(f"  {part.name}: {part.num_ops} ops -> {part.status};{timing} {part.reason}".rstrip())
+                lines.append(
+                    f"  {part.name}: {part.num_ops} ops -> {part.status};{timing} {part.reason}".rstrip()
+                )
         fallbacks = self.fallbacks()
         if fallbacks:
             lines.append("ops running in PyTorch:")
@@ -111,8 +115,19 @@ class CoverageReport:
         console = Console()
         console.print(f"[bold]torch_rc coverage[/bold]: {self.summary()}")
         for graph in self.graphs:
-            console.print(f"graph {graph.index} [{graph.target}]: runs {graph.choice} ({graph.choice_reason})")
-        parts = Table("graph", "partition", "ops", "runs on", "tvm ms", "torch ms", "why", title="TVM partitions")
+            console.print(
+                f"graph {graph.index} [{graph.target}]: runs {graph.choice} ({graph.choice_reason})"
+            )
+        parts = Table(
+            "graph",
+            "partition",
+            "ops",
+            "runs on",
+            "tvm ms",
+            "torch ms",
+            "why",
+            title="TVM partitions",
+        )
         for graph in self.graphs:
             for part in graph.partitions:
                 parts.add_row(

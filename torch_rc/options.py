@@ -62,7 +62,9 @@ class Options:
             value = getattr(self, field.name)
             object.__setattr__(self, field.name, _coerce(field.name, field.type, value))
         if self.min_partition_size < 1:
-            raise OptionsError(f"option 'min_partition_size' must be >= 1, got {self.min_partition_size}")
+            raise OptionsError(
+                f"option 'min_partition_size' must be >= 1, got {self.min_partition_size}"
+            )
         if self.num_threads < 0:
             raise OptionsError(f"option 'num_threads' must be >= 0, got {self.num_threads}")
         if self.measure_repeats < 1:

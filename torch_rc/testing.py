@@ -50,8 +50,12 @@ def assert_matches_eager(
         raise AssertionError(f"compiled returned {len(got)} tensors, eager {len(want)}")
     for index, (g, w) in enumerate(zip(got, want, strict=True)):
         if g.shape != w.shape or g.dtype != w.dtype:
-            raise AssertionError(f"output {index}: {tuple(g.shape)} {g.dtype} vs eager {tuple(w.shape)} {w.dtype}")
+            raise AssertionError(
+                f"output {index}: {tuple(g.shape)} {g.dtype} vs eager {tuple(w.shape)} {w.dtype}"
+            )
         default_rtol, default_atol = tolerances(w.dtype, defaults)
         tol_r = default_rtol if rtol is None else rtol
         tol_a = default_atol if atol is None else atol
-        torch.testing.assert_close(g, w, rtol=tol_r, atol=tol_a, msg=lambda m, i=index: f"output {i}: {m}")
+        torch.testing.assert_close(
+            g, w, rtol=tol_r, atol=tol_a, msg=lambda m, i=index: f"output {i}: {m}"
+        )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch_rc.errors import TVMVersionError
 
-__all__ = ["TVMApi", "tvm_api", "SUPPORTED_TVM", "SUPPORTED_TVM_FFI"]
+__all__ = ["TVMApi", "tvm_api", "check_versions", "SUPPORTED_TVM", "SUPPORTED_TVM_FFI"]
 
 SUPPORTED_TVM = "0.27"
 # apache-tvm-ffi 0.1.15.* is ABI-incompatible with the apache-tvm 0.27.0.post1 wheel: save_json and
@@ -70,17 +70,7 @@ def tvm_api() -> TVMApi:
     """
     tvm_version = _installed("apache-tvm")
     ffi_version = _installed("apache-tvm-ffi")
-    if not tvm_version.startswith(SUPPORTED_TVM):
-        raise TVMVersionError(
-            f"torch_rc needs apache-tvm {SUPPORTED_TVM}.x, found {tvm_version or 'none'}; "
-            "install it with: pip install 'apache-tvm==0.27.0.post1' 'apache-tvm-ffi==0.1.14.post0'"
-        )
-    if ffi_version not in SUPPORTED_TVM_FFI:
-        raise TVMVersionError(
-            f"torch_rc needs apache-tvm-ffi {' or '.join(SUPPORTED_TVM_FFI)}, found "
-            f"{ffi_version or 'none'} (0.1.15 segfaults with apache-tvm 0.27 when serialising IR); "
-            "install it with: pip install 'apache-tvm-ffi==0.1.14.post0'"
-        )
+    check_versions(tvm_version, ffi_version)
     import tvm
     from tvm import relax, s_tir, tirx
     from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
@@ -94,3 +84,18 @@ def tvm_api() -> TVMApi:
         version=tvm_version,
         ffi_version=ffi_version,
     )
+
+
+def check_versions(tvm_version: str, ffi_version: str) -> None:
+    """Raise TVMVersionError, with the install command, unless both versions are supported."""
+    if not tvm_version.startswith(SUPPORTED_TVM):
+        raise TVMVersionError(
+            f"torch_rc needs apache-tvm {SUPPORTED_TVM}.x, found {tvm_version or 'none'}; "
+            "install it with: pip install 'apache-tvm==0.27.0.post1' 'apache-tvm-ffi==0.1.14.post0'"
+        )
+    if ffi_version not in SUPPORTED_TVM_FFI:
+        raise TVMVersionError(
+            f"torch_rc needs apache-tvm-ffi {' or '.join(SUPPORTED_TVM_FFI)}, found "
+            f"{ffi_version or 'none'} (0.1.15 segfaults with apache-tvm 0.27 when serialising IR); "
+            "install it with: pip install 'apache-tvm-ffi==0.1.14.post0'"
+        )

@@ -45,7 +45,9 @@ def test_unsupported_op_is_split_off_and_explained():
 
 def test_exclude_ops_forces_pytorch_with_reason():
     model, x = WithUnsupported().eval(), torch.randn(4, 16)
-    report = torch_rc.explain(model, x, options={**STRICT_TVM, "exclude_ops": "tanh"}, print_report=False)
+    report = torch_rc.explain(
+        model, x, options={**STRICT_TVM, "exclude_ops": "tanh"}, print_report=False
+    )
     reasons = {f.op: f.reasons for f in report.fallbacks()}
     assert reasons["aten.tanh.default"] == ("excluded by option 'exclude_ops'",)
     assert "aten.tanh.default" in str(report)
@@ -53,7 +55,9 @@ def test_exclude_ops_forces_pytorch_with_reason():
 
 def test_explain_reports_measured_choice():
     model = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 64)).eval()
-    report = torch_rc.explain(model, torch.randn(16, 64), options={"strict": True}, print_report=False)
+    report = torch_rc.explain(
+        model, torch.randn(16, 64), options={"strict": True}, print_report=False
+    )
     (part,) = report.graphs[0].partitions
     assert part.status in ("tvm", "torch")
     assert part.tvm_ms is not None and part.torch_ms is not None
@@ -82,14 +86,19 @@ def _build_kernel(fn, *example):
     lowered = lower_partition(gm, vals)
     target = detect_target(Options())
     ex = build_executable(lowered.mod, target, Options())
-    return TVMKernel(ex, target.tvm_device(), lowered.inputs, lowered.outputs, lowered.single_output, "k")
+    return TVMKernel(
+        ex, target.tvm_device(), lowered.inputs, lowered.outputs, lowered.single_output, "k"
+    )
 
 
 def test_kernel_rejects_wrong_shape_with_both_shapes_named():
     x, w = torch.randn(3, 8), torch.randn(8, 4)
     kernel = _build_kernel(lambda a, b: torch.relu(a @ b), x, w)
     torch.testing.assert_close(kernel(x, w), torch.relu(x @ w), rtol=1e-4, atol=1e-4)
-    with pytest.raises(InputMismatchError, match=r"input 0 was compiled for \(3, 8\) float32 but received \(7, 8\) float32"):
+    with pytest.raises(
+        InputMismatchError,
+        match=r"input 0 was compiled for \(3, 8\) float32 but received \(7, 8\) float32",
+    ):
         kernel(torch.randn(7, 8), w)
     with pytest.raises(InputMismatchError, match="float64"):
         kernel(x.double(), w)
@@ -120,7 +129,9 @@ def test_mismatching_kernel_falls_back_or_raises_in_strict():
     assert report.status == "failed" and "differs from PyTorch" in report.reason
     torch.testing.assert_close(part(x), torch.relu(x))  # stays on PyTorch afterwards
 
-    strict = SelectingPartition(eager, _WrongKernel(), PartitionReport(name="p", num_ops=1), Options(strict=True))
+    strict = SelectingPartition(
+        eager, _WrongKernel(), PartitionReport(name="p", num_ops=1), Options(strict=True)
+    )
     with pytest.raises(VerificationError, match="differs from PyTorch"):
         strict(x)
 
@@ -146,7 +157,9 @@ def test_entry_point_works_without_importing_torch_rc():
         "torch.testing.assert_close(y, m(x), rtol=1e-4, atol=1e-4)\n"
         "print('reasoning' in torch._dynamo.list_backends())\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("True")
 

@@ -64,7 +64,9 @@ def test_encoder_fast_path_is_decomposed_onto_tvm(norm_first, activation):
     assert report.lowered_fraction == 1.0, str(report)
     torch._dynamo.reset()
     with torch.no_grad():
-        assert_matches_eager(torch.compile(model, backend="reasoning", options=STRICT_TVM), model, x)
+        assert_matches_eager(
+            torch.compile(model, backend="reasoning", options=STRICT_TVM), model, x
+        )
 
 
 def test_masked_encoder_fast_path_stays_in_pytorch_and_matches():
@@ -81,7 +83,11 @@ def test_masked_encoder_fast_path_stays_in_pytorch_and_matches():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
 def test_other_float_dtypes_match_eager(dtype):
-    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)).to(dtype).eval()
+    model = (
+        torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
+        .to(dtype)
+        .eval()
+    )
     x = torch.randn(4, 16, dtype=dtype)
     compiled = torch.compile(model, backend="reasoning", options=STRICT_TVM)
     with torch.no_grad():
@@ -96,4 +102,6 @@ def test_float64_convolution_stays_in_pytorch_with_reason():
     assert "float32 only" in reasons["aten.convolution.default"][0]
     torch._dynamo.reset()
     with torch.no_grad():
-        assert_matches_eager(torch.compile(model, backend="reasoning", options=STRICT_TVM), model, x)
+        assert_matches_eager(
+            torch.compile(model, backend="reasoning", options=STRICT_TVM), model, x
+        )

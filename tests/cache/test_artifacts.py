@@ -1,7 +1,6 @@
 """torch.compile(...).aot_compile, AOTCompiledFunction.save_compiled_function and
 torch.compiler.load_compiled_function with the reasoning backend (torch 2.13)."""
 
-import io
 import subprocess
 import sys
 import textwrap
@@ -10,7 +9,7 @@ import torch
 from torch import nn
 
 from torch_rc.cache.artifacts import CompiledGraph
-from torch_rc.testing import STRICT_TVM, assert_matches_eager
+from torch_rc.testing import STRICT_TVM
 
 
 def _model():
@@ -80,6 +79,11 @@ def test_aot_compile_save_and_load_in_a_fresh_process(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(SAVE_AND_LOAD)
     for step, expected in (("save", "saved"), ("load", "loaded and matched")):
-        result = subprocess.run([sys.executable, str(script), step, str(path)], capture_output=True, text=True, timeout=600)
+        result = subprocess.run(
+            [sys.executable, str(script), step, str(path)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         assert expected in result.stdout

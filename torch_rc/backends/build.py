@@ -45,4 +45,6 @@ def build_executable(mod: Any, target: TargetInfo, options: Options) -> Any:
     try:
         return api.tvm.compile(mod, target.target, relax_pipeline=relax_pipeline(target, options))
     except Exception as exc:  # TVMError and friends: reported as a build failure of this partition
-        raise BuildError(f"TVM build failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}") from exc
+        raise BuildError(
+            f"TVM build failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+        ) from exc

@@ -91,7 +91,9 @@ def compile_aten_graph(
             submodule name; a blob whose input specs do not match is ignored and rebuilt.
     """
     start = time.perf_counter()
-    report.rerun_safe = report.rerun_safe and not any(_has_side_effects(node) for node in gm.graph.nodes)
+    report.rerun_safe = report.rerun_safe and not any(
+        _has_side_effects(node) for node in gm.graph.nodes
+    )
     result = partition_graph(gm, options)
     report.total_ops += result.total_ops
     report.fallbacks.extend(result.fallbacks)
@@ -153,7 +155,9 @@ def _input_values(call: torch.fx.Node) -> list[object]:
     return [arg.meta.get("val") if isinstance(arg, torch.fx.Node) else arg for arg in call.args]
 
 
-def _load_kernel(blob: Any, call: torch.fx.Node, target: TargetInfo, part: PartitionReport) -> TVMKernel | None:
+def _load_kernel(
+    blob: Any, call: torch.fx.Node, target: TargetInfo, part: PartitionReport
+) -> TVMKernel | None:
     """A kernel from a serialized library, or None when the blob does not fit this partition."""
     from torch_rc.cache.artifacts import load_library
 
@@ -162,10 +166,17 @@ def _load_kernel(blob: Any, call: torch.fx.Node, target: TargetInfo, part: Parti
     except LoweringError:
         return None
     if specs != tuple(blob.inputs):
-        logger.warning("torch_rc: stored kernel for %s has other input specs; rebuilding", part.name)
+        logger.warning(
+            "torch_rc: stored kernel for %s has other input specs; rebuilding", part.name
+        )
         return None
     kernel = TVMKernel(
-        load_library(blob.library), target.tvm_device(), blob.inputs, blob.outputs, blob.single_output, name=part.name
+        load_library(blob.library),
+        target.tvm_device(),
+        blob.inputs,
+        blob.outputs,
+        blob.single_output,
+        name=part.name,
     )
     kernel.library = blob.library
     return kernel
@@ -179,5 +190,7 @@ def _has_side_effects(node: torch.fx.Node) -> bool:
 
 
 def _op_counts(sub: torch.fx.GraphModule) -> dict[str, int]:
-    counts = collections.Counter(qualified_name(node.target) for node in sub.graph.nodes if is_compute_node(node))
+    counts = collections.Counter(
+        qualified_name(node.target) for node in sub.graph.nodes if is_compute_node(node)
+    )
     return dict(counts.most_common())

@@ -35,7 +35,11 @@ def _cat(importer: Any, node: torch.fx.Node) -> Any:
     tensors = list(node.args[0])
     dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
     ndim = len(node.meta["val"].shape)
-    kept = [t for t in tensors if not (len(t.meta["val"].shape) == 1 and t.meta["val"].numel() == 0 and ndim != 1)]
+    kept = [
+        t
+        for t in tensors
+        if not (len(t.meta["val"].shape) == 1 and t.meta["val"].numel() == 0 and ndim != 1)
+    ]
     if len(kept) == 1:
         return importer.env[kept[0]]
     axis = dim % ndim if ndim else 0

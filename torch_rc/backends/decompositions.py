@@ -50,7 +50,9 @@ def _transformer_encoder_layer_fwd(
         qkv = F.linear(x, qkv_weight, qkv_bias).view(batch, length, 3, num_heads, head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)
-        return F.linear(out.transpose(1, 2).reshape(batch, length, embed_dim), proj_weight, proj_bias)
+        return F.linear(
+            out.transpose(1, 2).reshape(batch, length, embed_dim), proj_weight, proj_bias
+        )
 
     def feed_forward(x: torch.Tensor) -> torch.Tensor:
         hidden = F.linear(x, ffn_weight_1, ffn_bias_1)

@@ -67,7 +67,9 @@ def compile_graph(
     """
     kernels: dict[str, Any] = {}
     fn, report = _compile(gm, list(example_inputs), options, report_sink, kernels, prebuilt)
-    return CompiledGraph(fn, gm, list(example_inputs), options_dict(options), kernels, report), report
+    return CompiledGraph(
+        fn, gm, list(example_inputs), options_dict(options), kernels, report
+    ), report
 
 
 def _compile(
@@ -87,12 +89,17 @@ def _compile(
         def compile_static(graph: torch.fx.GraphModule, args: list[object]) -> Callable[..., Any]:
             return compile_graph(graph, args, options, report_sink)[0]
 
-        report = GraphReport(index=index, target="symbolic shapes: specialised per input signature at call time")
+        report = GraphReport(
+            index=index, target="symbolic shapes: specialised per input signature at call time"
+        )
         return SpecializingGraph(gm, compile_static), report
 
     device = graph_device(example_inputs)
     if device.type != "cpu":
-        report = GraphReport(index=index, target=f"none: {device.type} graphs run in PyTorch (no {device.type} path yet)")
+        report = GraphReport(
+            index=index,
+            target=f"none: {device.type} graphs run in PyTorch (no {device.type} path yet)",
+        )
         _sink(report_sink, report)
         logger.warning("torch_rc: %s", report.target)
         return gm.forward, report
@@ -101,10 +108,14 @@ def _compile(
     report = GraphReport(index=index, target=target.description)
     _sink(report_sink, report)
 
-    def forward_compiler(aten_gm: torch.fx.GraphModule, aten_inputs: Sequence[object]) -> Callable[..., Any]:
+    def forward_compiler(
+        aten_gm: torch.fx.GraphModule, aten_inputs: Sequence[object]
+    ) -> Callable[..., Any]:
         return compile_aten_graph(aten_gm, aten_inputs, options, target, report, kernels, prebuilt)
 
-    def backward_compiler(aten_gm: torch.fx.GraphModule, _inputs: Sequence[object]) -> Callable[..., Any]:
+    def backward_compiler(
+        aten_gm: torch.fx.GraphModule, _inputs: Sequence[object]
+    ) -> Callable[..., Any]:
         return make_boxed_func(aten_gm.forward)
 
     backend = aot_autograd(

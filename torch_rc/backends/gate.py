@@ -10,12 +10,12 @@ re-run for timing (that would change the user's state): they keep the compiled v
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from torch_rc.backends.compiler import GraphReport
+from torch_rc.backends.first_call import FirstCallDispatch
 from torch_rc.options import Options
 
 __all__ = ["GraphGate"]
@@ -35,25 +35,26 @@ class GraphGate:
         self.eager = eager
         self.report = report
         self.options = options
-        self._chosen: Callable[..., Any] | None = None
-        self._lock = threading.Lock()
+        self._dispatch = FirstCallDispatch()
 
     def __call__(self, *args: Any) -> Any:
-        chosen = self._chosen
-        if chosen is None:
-            with self._lock:
-                if self._chosen is None:
-                    return self._first_call(args)
-            chosen = self._chosen
-        return chosen(*args)
+        return self._dispatch.dispatch(args, self._first_call)
 
     def _first_call(self, args: tuple[Any, ...]) -> Any:
         result = self.compiled(*args)  # partitions make their own choices here
         if not self.report.rerun_safe:
-            self._choose(self.compiled, "compiled", "graph mutates inputs or draws random numbers; not re-run for timing")
+            self._choose(
+                self.compiled,
+                "compiled",
+                "graph mutates inputs or draws random numbers; not re-run for timing",
+            )
             return result
         if self.report.executed_ops == 0:
-            self._choose(self.eager, "eager", "no partition runs on TVM; the original graph skips decomposition overhead")
+            self._choose(
+                self.eager,
+                "eager",
+                "no partition runs on TVM; the original graph skips decomposition overhead",
+            )
             return result
         times: dict[str, list[float]] = {"eager": [], "compiled": []}
         for _ in range(self.options.measure_repeats):
@@ -65,12 +66,18 @@ class GraphGate:
         compiled_ms = statistics.median(times["compiled"]) * 1e3
         self.report.eager_ms, self.report.compiled_ms = eager_ms, compiled_ms
         if compiled_ms < eager_ms:
-            self._choose(self.compiled, "compiled", f"compiled {compiled_ms:.3f} ms < eager {eager_ms:.3f} ms")
+            self._choose(
+                self.compiled,
+                "compiled",
+                f"compiled {compiled_ms:.3f} ms < eager {eager_ms:.3f} ms",
+            )
         else:
-            self._choose(self.eager, "eager", f"eager {eager_ms:.3f} ms <= compiled {compiled_ms:.3f} ms")
+            self._choose(
+                self.eager, "eager", f"eager {eager_ms:.3f} ms <= compiled {compiled_ms:.3f} ms"
+            )
         return result
 
     def _choose(self, fn: Callable[..., Any], choice: str, reason: str) -> None:
         self.report.choice = choice
         self.report.choice_reason = reason
-        self._chosen = fn
+        self._dispatch.choose(fn)

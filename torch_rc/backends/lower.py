@@ -64,7 +64,9 @@ def lower_partition(gm: torch.fx.GraphModule, input_values: Sequence[object]) ->
     relax = api.relax
     placeholders = [node for node in gm.graph.nodes if node.op == "placeholder"]
     if len(placeholders) != len(input_values):
-        raise LoweringError(f"partition has {len(placeholders)} inputs but {len(input_values)} example values")
+        raise LoweringError(
+            f"partition has {len(placeholders)} inputs but {len(input_values)} example values"
+        )
     inputs = [tensor_spec(value) for value in input_values]
 
     importer = api.importer_cls()
@@ -100,8 +102,12 @@ def lower_partition(gm: torch.fx.GraphModule, input_values: Sequence[object]) ->
             builder.emit_func_output(out)
     except LoweringError:
         raise
-    except Exception as exc:  # TVM converters raise many types (TVMError, ValueError, AssertionError)
-        raise LoweringError(f"Relax import failed at {_current(importer, gm)}: {type(exc).__name__}: {exc}") from exc
+    except (
+        Exception
+    ) as exc:  # TVM converters raise many types (TVMError, ValueError, AssertionError)
+        raise LoweringError(
+            f"Relax import failed at {_current(importer, gm)}: {type(exc).__name__}: {exc}"
+        ) from exc
     return LoweredPartition(builder.get(), inputs, outputs, single_output)
 
 

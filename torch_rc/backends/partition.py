@@ -51,7 +51,9 @@ class _TableSupport(OperatorSupportBase):
         self.options = options
         self.reasons: dict[torch.fx.Node, str] = {}
 
-    def is_node_supported(self, submodules: Mapping[str, torch.nn.Module], node: torch.fx.Node) -> bool:
+    def is_node_supported(
+        self, submodules: Mapping[str, torch.nn.Module], node: torch.fx.Node
+    ) -> bool:
         reason = unsupported_reason(node, self.options)
         if reason is not None and node.op == "call_function":
             self.reasons[node] = reason

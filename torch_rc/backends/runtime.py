@@ -47,10 +47,20 @@ class TVMKernel:
     def check_inputs(self, args: Sequence[torch.Tensor]) -> None:
         """Raise InputMismatchError unless ``args`` match the compiled specs exactly."""
         if len(args) != len(self.inputs):
-            raise InputMismatchError(f"{self.name}: expected {len(self.inputs)} inputs, received {len(args)}")
+            raise InputMismatchError(
+                f"{self.name}: expected {len(self.inputs)} inputs, received {len(args)}"
+            )
         for index, (arg, spec) in enumerate(zip(args, self.inputs, strict=True)):
-            if not isinstance(arg, torch.Tensor) or tuple(arg.shape) != spec.shape or arg.dtype != spec.dtype:
-                got = f"{tuple(arg.shape)} {str(arg.dtype).replace('torch.', '')}" if isinstance(arg, torch.Tensor) else type(arg).__name__
+            if (
+                not isinstance(arg, torch.Tensor)
+                or tuple(arg.shape) != spec.shape
+                or arg.dtype != spec.dtype
+            ):
+                got = (
+                    f"{tuple(arg.shape)} {str(arg.dtype).replace('torch.', '')}"
+                    if isinstance(arg, torch.Tensor)
+                    else type(arg).__name__
+                )
                 raise InputMismatchError(
                     f"{self.name}: input {index} was compiled for {spec.describe()} but received {got}; "
                     "recompile for the new shape (torch.compile does this through its guards)"

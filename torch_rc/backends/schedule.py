@@ -62,7 +62,10 @@ def _make_rule(dlight: Any, vbytes: int) -> Any:
                     _schedule_block(sch, info, vbytes)
                 return sch
             except Exception:  # a kernel we cannot schedule stays unscheduled (and is logged)
-                logger.warning("torch_rc: default CPU schedule failed for a kernel; it stays unscheduled", exc_info=True)
+                logger.warning(
+                    "torch_rc: default CPU schedule failed for a kernel; it stays unscheduled",
+                    exc_info=True,
+                )
                 return None
 
     return CPUDefault()
@@ -103,7 +106,9 @@ def _schedule_block(sch: Any, info: Any, vbytes: int) -> None:
         return
 
     if contiguous and inner_extent % lanes == 0:
-        vectors = max(v for v in range(1, _MAX_VECTORS_PER_ROW + 1) if (inner_extent // lanes) % v == 0)
+        vectors = max(
+            v for v in range(1, _MAX_VECTORS_PER_ROW + 1) if (inner_extent // lanes) % v == 0
+        )
         j_outer, j_inner = sch.split(spatial[-1], [None, lanes * vectors])
         sch.reorder(*spatial[:-1], j_outer, *reduce, j_inner)
         outer = sch.fuse(*spatial[:-1], j_outer) if len(spatial) > 1 else j_outer

@@ -9,13 +9,13 @@ so a model is never silently slower than eager and never silently wrong.
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
+from torch_rc.backends.first_call import FirstCallDispatch
 from torch_rc.backends.runtime import TVMKernel
 from torch_rc.errors import VerificationError
 from torch_rc.options import Options
@@ -78,25 +78,16 @@ class SelectingPartition(torch.nn.Module):
         self.kernel = kernel
         self.report = report
         self.options = options
-        self._lock = threading.Lock()
-        self._chosen: Callable[..., object] | None = None
-        if kernel is None:
-            self._chosen = eager
+        self._dispatch = FirstCallDispatch(eager if kernel is None else None)
 
     def forward(self, *args: torch.Tensor) -> object:
-        chosen = self._chosen
-        if chosen is None:
-            with self._lock:
-                if self._chosen is None:
-                    return self._first_call(args)
-            chosen = self._chosen
-        return chosen(*args)
+        return self._dispatch.dispatch(args, self._first_call)
 
     def _first_call(self, args: tuple[torch.Tensor, ...]) -> object:
         """Verify, time and choose; return the chosen side's result for this call."""
         assert_kernel = self.kernel
         if assert_kernel is None:  # pragma: no cover - guarded in forward
-            self._chosen = self.eager
+            self._dispatch.choose(self.eager)
             return self.eager(*args)
         expected = self.eager(*args)
         actual = assert_kernel(*args)
@@ -107,7 +98,7 @@ class SelectingPartition(torch.nn.Module):
                 self.report.reason = f"TVM result differs from PyTorch: {problem}"
                 if self.options.strict:
                     raise VerificationError(f"{self.report.name}: {self.report.reason}")
-                self._chosen = self.eager
+                self._dispatch.choose(self.eager)
                 return expected
         if self.options.select == "torch":
             self._decide(self.eager, "torch", "option select='torch'")
@@ -120,13 +111,17 @@ class SelectingPartition(torch.nn.Module):
         if tvm_ms < torch_ms:
             self._decide(assert_kernel, "tvm", f"TVM {tvm_ms:.3f} ms < PyTorch {torch_ms:.3f} ms")
             return actual
-        self._decide(self.eager, "torch", f"PyTorch {torch_ms:.3f} ms <= TVM {tvm_ms:.3f} ms (untuned TVM is slower)")
+        self._decide(
+            self.eager,
+            "torch",
+            f"PyTorch {torch_ms:.3f} ms <= TVM {tvm_ms:.3f} ms (untuned TVM is slower)",
+        )
         return expected
 
     def _decide(self, chosen: Callable[..., object], status: str, reason: str) -> None:
         self.report.status = status
         self.report.reason = reason
-        self._chosen = chosen
+        self._dispatch.choose(chosen)
 
     def _compare(self, expected: object, actual: object) -> str:
         exp = _flat(expected)
@@ -172,5 +167,9 @@ def _flat(value: object) -> list[torch.Tensor]:
 
 
 def _mismatch_summary(exc: AssertionError) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if "Greatest absolute" in line or "Mismatched" in line]
+    lines = [
+        line.strip()
+        for line in str(exc).splitlines()
+        if "Greatest absolute" in line or "Mismatched" in line
+    ]
     return "; ".join(lines[:2])

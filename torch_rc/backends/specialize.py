@@ -29,7 +29,9 @@ def has_symbolic_shapes(example_inputs: Sequence[object]) -> bool:
     for value in example_inputs:
         if isinstance(value, torch.SymInt | torch.SymFloat):
             return True
-        if isinstance(value, torch.Tensor) and any(isinstance(d, torch.SymInt) for d in value.shape):
+        if isinstance(value, torch.Tensor) and any(
+            isinstance(d, torch.SymInt) for d in value.shape
+        ):
             return True
     return False
 

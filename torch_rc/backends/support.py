@@ -95,7 +95,11 @@ def _to_copy_check(node: torch.fx.Node) -> str | None:
     device = node.kwargs.get("device")
     if device is not None and torch.device(device).type != "cpu":
         return f"copy to device {device} crosses devices"
-    if node.kwargs.get("memory_format") not in (None, torch.preserve_format, torch.contiguous_format):
+    if node.kwargs.get("memory_format") not in (
+        None,
+        torch.preserve_format,
+        torch.contiguous_format,
+    ):
         return "copy to a non-contiguous memory format"
     return None
 
@@ -177,7 +181,11 @@ def unsupported_reason(node: torch.fx.Node, options: Options) -> str | None:
     if not isinstance(target, torch._ops.OpOverload):
         return f"{name} is not an ATen operator"
     qualified = qualified_name(target)
-    if name in options.exclude_ops or qualified in options.exclude_ops or target._opname in options.exclude_ops:
+    if (
+        name in options.exclude_ops
+        or qualified in options.exclude_ops
+        or target._opname in options.exclude_ops
+    ):
         return "excluded by option 'exclude_ops'"
     if name not in converter_names():
         return "TVM's Relax importer has no converter for this op"

@@ -48,4 +48,9 @@ def detect_target(options: Options) -> TargetInfo:
     threads = options.num_threads or torch.get_num_threads()
     target = api.cpu_target(threads)
     mcpu = str(target.attrs.get("mcpu", "generic"))
-    return TargetInfo(kind="cpu", target=target, num_threads=threads, description=f"llvm {mcpu}, {threads} threads")
+    return TargetInfo(
+        kind="cpu",
+        target=target,
+        num_threads=threads,
+        description=f"llvm {mcpu}, {threads} threads",
+    )

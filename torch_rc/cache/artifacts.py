@@ -147,7 +147,10 @@ class CompiledGraph(SerializableCallable):
         if (state["tvm"], state["tvm_ffi"]) != (api.version, api.ffi_version):
             logger.warning(
                 "torch_rc: artifact built with TVM %s / tvm-ffi %s, running %s / %s: rebuilding kernels",
-                state["tvm"], state["tvm_ffi"], api.version, api.ffi_version,
+                state["tvm"],
+                state["tvm_ffi"],
+                api.version,
+                api.ffi_version,
             )
             kernels = {}
         fake_mode = FakeTensorMode(shape_env=ShapeEnv())
@@ -168,7 +171,9 @@ def _blob(kernel: Any) -> KernelBlob:
         return kernel
     if kernel.library is None:
         kernel.library = export_library(kernel.executable)
-    return KernelBlob(kernel.library, tuple(kernel.inputs), tuple(kernel.outputs), kernel.single_output)
+    return KernelBlob(
+        kernel.library, tuple(kernel.inputs), tuple(kernel.outputs), kernel.single_output
+    )
 
 
 def _fake(spec: InputSpec) -> object:
