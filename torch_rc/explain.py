@@ -174,7 +174,8 @@ def explain(
     """
     from torch_rc.backends.dynamo import compile_graph
 
-    resolved = Options.resolve(options, mode)
+    # explain() analyses afresh: cached decisions would hide what lowers and what is faster.
+    resolved = Options.resolve(options, mode).replace(cache=False)
     sink: list[GraphReport] = []
 
     def backend(gm: torch.fx.GraphModule, inputs: list[Any]) -> Callable[..., Any]:

@@ -44,6 +44,11 @@ class Options:
         schedule: ``"default"`` applies torch_rc's default CPU schedules to untuned kernels;
             ``"none"`` leaves them unscheduled (only useful to measure how slow that is).
         measure_repeats: Timed runs per side when ``select="measure"`` compares TVM and PyTorch.
+        cache: Use the persistent cache: a graph compiled before (same code, input specs, options,
+            versions and target) loads its built kernels and first-call decisions instead of being
+            rebuilt and re-measured.
+        cache_dir: Where the cache lives; empty means the platform's user cache dir
+            (``~/.cache/torch_rc`` on Linux).
     """
 
     strict: bool = False
@@ -56,6 +61,8 @@ class Options:
     num_threads: int = 0
     schedule: Schedule = "default"
     measure_repeats: int = 10
+    cache: bool = True
+    cache_dir: str = ""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -101,6 +108,16 @@ class Options:
         for key, value in (options or {}).items():
             merged[_check_key(key, "torch.compile option")] = value
         return cls(**merged)
+
+    def store_path(self) -> str:
+        """The SQLite file of the persistent cache."""
+        import os.path
+
+        if self.cache_dir:
+            return os.path.join(os.path.expanduser(self.cache_dir), "store.sqlite")
+        import platformdirs
+
+        return os.path.join(platformdirs.user_cache_dir("torch_rc"), "store.sqlite")
 
     def replace(self, **changes: Any) -> Options:
         """Return a copy with ``changes`` applied (validated like the constructor)."""
@@ -157,6 +174,8 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
             return int(value)
         if kind is float:
             return float(value)
+        if kind is str:
+            return str(value)
         if kind == "tuple":
             if isinstance(value, str):
                 return tuple(item.strip() for item in value.split(",") if item.strip())
@@ -176,6 +195,7 @@ def _resolve_annotation(annotation: Any) -> Any:
         "int": int,
         "float": float,
         "tuple[str, ...]": "tuple",
+        "str": str,
         "Select": get_args(Select),
         "Schedule": get_args(Schedule),
     }

@@ -44,6 +44,7 @@ class GraphReport:
         choice_reason: Why.
         eager_ms: Median time of the original graph run eagerly, when measured.
         compiled_ms: Median time of the compiled graph, when measured.
+        cache: ``"off"``, ``"miss"`` (built and stored) or ``"hit"`` (kernels and decisions loaded).
     """
 
     index: int
@@ -57,6 +58,7 @@ class GraphReport:
     choice_reason: str = ""
     eager_ms: float | None = None
     compiled_ms: float | None = None
+    cache: str = "off"
 
     @property
     def lowered_ops(self) -> int:
@@ -79,6 +81,7 @@ def compile_aten_graph(
     report: GraphReport,
     kernels: dict[str, Any] | None = None,
     prebuilt: Mapping[str, Any] | None = None,
+    decisions: Mapping[str, str] | None = None,
 ) -> torch.fx.GraphModule:
     """Partition ``gm`` and replace each TVM partition with a :class:`SelectingPartition`.
 
@@ -89,6 +92,7 @@ def compile_aten_graph(
         kernels: Filled with the TVM kernel of each partition, by submodule name.
         prebuilt: Kernel blobs (from a serialized artifact) to load instead of building, by
             submodule name; a blob whose input specs do not match is ignored and rebuilt.
+        decisions: First-call choices of an earlier run, by submodule name (see SelectingPartition).
     """
     start = time.perf_counter()
     report.rerun_safe = report.rerun_safe and not any(
@@ -103,13 +107,19 @@ def compile_aten_graph(
         sub = getattr(parent, name)
         part = PartitionReport(name=name, num_ops=result.partition_ops[name], ops=_op_counts(sub))
         report.partitions.append(part)
+        preset = (decisions or {}).get(name)
+        if preset in ("torch", "failed"):
+            # An earlier run chose PyTorch here: neither load nor build the kernel.
+            part.status, part.reason = "torch", f"cached decision from an earlier run ({preset})"
+            setattr(parent, name, SelectingPartition(sub, None, part, options))
+            continue
         blob = (prebuilt or {}).get(name)
         kernel = _load_kernel(blob, calls[name], target, part) if blob is not None else None
         if kernel is None:
             kernel = _build_kernel(sub, calls[name], target, options, part)
         if kernel is not None and kernels is not None:
             kernels[name] = kernel
-        setattr(parent, name, SelectingPartition(sub, kernel, part, options))
+        setattr(parent, name, SelectingPartition(sub, kernel, part, options, preset))
     parent.recompile()
     report.compile_s += time.perf_counter() - start
     logger.info(

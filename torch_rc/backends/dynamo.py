@@ -18,8 +18,10 @@ from torch_rc.backends.compiler import GraphReport, compile_aten_graph
 from torch_rc.backends.decompositions import decomposition_table
 from torch_rc.backends.gate import GraphGate
 from torch_rc.backends.specialize import SpecializingGraph, has_symbolic_shapes
-from torch_rc.backends.target import detect_target, graph_device
-from torch_rc.cache.artifacts import CompiledGraph, KernelBlob, options_dict
+from torch_rc.backends.target import detect_target, graph_device, host_target_key
+from torch_rc.cache.artifacts import CompiledGraph, KernelBlob, options_dict, stored_kernels
+from torch_rc.cache.keys import artifact_key
+from torch_rc.cache.store import SQLiteStore, open_store
 from torch_rc.options import Options
 
 __all__ = ["reasoning", "compile_graph"]
@@ -54,22 +56,73 @@ def compile_graph(
     options: Options,
     report_sink: list[GraphReport] | None = None,
     prebuilt: Mapping[str, KernelBlob] | None = None,
+    decisions: Mapping[str, str] | None = None,
+    use_cache: bool = True,
 ) -> tuple[CompiledGraph, GraphReport]:
     """Compile one Dynamo graph; return the (serializable) callable and its live report.
 
     The graph goes through AOTAutograd, which functionalizes it, lowers it to ATen and keeps
     input-mutation and autograd semantics; the forward (or inference) ATen graph is partitioned
     and built by :func:`compile_aten_graph`, and a backward, if one is needed, runs in PyTorch.
+    With ``options.cache`` a static CPU graph compiled before loads its kernels and first-call
+    decisions from the persistent store instead.
 
     Args:
         report_sink: Every GraphReport made (including per-signature ones) is appended here.
         prebuilt: Kernel blobs from a serialized artifact, loaded instead of built.
+        decisions: First-call decisions of an earlier run (see :class:`CompiledGraph`).
+        use_cache: Consult the persistent store (when ``options.cache`` is on).
     """
+    example = list(example_inputs)
+    cacheable = not has_symbolic_shapes(example) and graph_device(example).type == "cpu"
+    if use_cache and options.cache and cacheable:
+        store = open_store(options.store_path())
+        if store is not None:
+            return _compile_cached(gm, example, options, report_sink, store)
     kernels: dict[str, Any] = {}
-    fn, report = _compile(gm, list(example_inputs), options, report_sink, kernels, prebuilt)
-    return CompiledGraph(
-        fn, gm, list(example_inputs), options_dict(options), kernels, report
-    ), report
+    fn, report = _compile(gm, example, options, report_sink, kernels, prebuilt, decisions)
+    return CompiledGraph(fn, gm, example, options_dict(options), kernels, report), report
+
+
+def _compile_cached(
+    gm: torch.fx.GraphModule,
+    example: list[object],
+    options: Options,
+    report_sink: list[GraphReport] | None,
+    store: SQLiteStore,
+) -> tuple[CompiledGraph, GraphReport]:
+    """Load the graph's kernels and decisions from the store, or build and store them.
+
+    A per-key lock makes concurrent processes build a given graph once: the second waits, then
+    hits. The artifact is stored right after the build and its decisions once the first call has
+    made them.
+    """
+    key_options = {
+        k: v for k, v in options_dict(options).items() if k not in ("cache", "cache_dir")
+    }
+    details = artifact_key(gm, example, key_options, host_target_key(options))
+    with store.lock(details.key):
+        hit = store.get_artifact(details)
+        blobs: Mapping[str, KernelBlob] | None = None
+        if hit is not None:
+            # A graph that runs as the original needs no kernels: do not even unpickle them.
+            blobs = {} if hit[1].get("graph") == "eager" else stored_kernels(hit[0])
+        if hit is not None and blobs is not None:
+            cached = hit[1]
+            compiled, report = compile_graph(
+                gm, example, options, report_sink, prebuilt=blobs, decisions=cached, use_cache=False
+            )
+            report.cache = "hit"
+            if "graph" not in cached:
+                compiled.after_first_call = lambda c: store.update_decisions(details, c.decisions())
+            return compiled, report
+        compiled, report = compile_graph(gm, example, options, report_sink, use_cache=False)
+        if report.target.startswith("none"):
+            return compiled, report  # nothing was built; the graph runs in PyTorch
+        store.put_artifact(details, compiled.to_bytes(), compiled.decisions())
+        report.cache = "miss"
+        compiled.after_first_call = lambda c: store.update_decisions(details, c.decisions())
+    return compiled, report
 
 
 def _compile(
@@ -79,6 +132,7 @@ def _compile(
     report_sink: list[GraphReport] | None,
     kernels: dict[str, Any],
     prebuilt: Mapping[str, KernelBlob] | None,
+    decisions: Mapping[str, str] | None,
 ) -> tuple[Callable[..., Any], GraphReport]:
     from torch._dynamo.backends.common import aot_autograd
     from torch._functorch.aot_autograd import make_boxed_func
@@ -104,6 +158,13 @@ def _compile(
         logger.warning("torch_rc: %s", report.target)
         return gm.forward, report
 
+    decisions = decisions or {}
+    if decisions.get("graph") == "eager":
+        # An earlier run measured the original graph as faster: no tracing, no kernels, no TVM.
+        report = GraphReport(index=index, target="cached decision: original graph", cache="hit")
+        report.choice, report.choice_reason = "eager", "cached decision from an earlier run"
+        _sink(report_sink, report)
+        return gm.forward, report
     target = detect_target(options)
     report = GraphReport(index=index, target=target.description)
     _sink(report_sink, report)
@@ -111,7 +172,9 @@ def _compile(
     def forward_compiler(
         aten_gm: torch.fx.GraphModule, aten_inputs: Sequence[object]
     ) -> Callable[..., Any]:
-        return compile_aten_graph(aten_gm, aten_inputs, options, target, report, kernels, prebuilt)
+        return compile_aten_graph(
+            aten_gm, aten_inputs, options, target, report, kernels, prebuilt, decisions
+        )
 
     def backward_compiler(
         aten_gm: torch.fx.GraphModule, _inputs: Sequence[object]
@@ -152,7 +215,7 @@ def _compile(
         isinstance(value, torch.Tensor) and value.requires_grad for value in example_inputs
     )
     report.rerun_safe = report.rerun_safe and not needs_grad
-    return GraphGate(compiled, gm.forward, report, options), report
+    return GraphGate(compiled, gm.forward, report, options, decisions.get("graph")), report
 
 
 def _sink(report_sink: list[GraphReport] | None, report: GraphReport) -> None:

@@ -30,11 +30,15 @@ class GraphGate:
         eager: Callable[..., Any],
         report: GraphReport,
         options: Options,
+        preset: str | None = None,
     ) -> None:
+        """``preset`` (``"compiled"``/``"eager"``) is an earlier run's choice, from the cache:
+        the first call then runs that side without timing both."""
         self.compiled = compiled
         self.eager = eager
         self.report = report
         self.options = options
+        self.preset = preset
         self._dispatch = FirstCallDispatch()
 
     def __call__(self, *args: Any) -> Any:
@@ -42,6 +46,10 @@ class GraphGate:
 
     def _first_call(self, args: tuple[Any, ...]) -> Any:
         result = self.compiled(*args)  # partitions make their own choices here
+        if self.preset in ("compiled", "eager"):
+            chosen = self.compiled if self.preset == "compiled" else self.eager
+            self._choose(chosen, self.preset, "cached decision from an earlier run")
+            return result
         if not self.report.rerun_safe:
             self._choose(
                 self.compiled,

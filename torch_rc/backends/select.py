@@ -72,12 +72,16 @@ class SelectingPartition(torch.nn.Module):
         kernel: TVMKernel | None,
         report: PartitionReport,
         options: Options,
+        preset: str | None = None,
     ) -> None:
+        """``preset="tvm"`` is an earlier run's choice (from the cache): the first call still
+        verifies the kernel but skips timing. (A cached PyTorch choice gets no kernel at all.)"""
         super().__init__()
         self.eager = eager
         self.kernel = kernel
         self.report = report
         self.options = options
+        self.preset = preset
         self._dispatch = FirstCallDispatch(eager if kernel is None else None)
 
     def forward(self, *args: torch.Tensor) -> object:
@@ -103,6 +107,11 @@ class SelectingPartition(torch.nn.Module):
         if self.options.select == "torch":
             self._decide(self.eager, "torch", "option select='torch'")
             return expected
+        if self.preset == "tvm":
+            self._decide(
+                assert_kernel, "tvm", "cached decision from an earlier run (verified again)"
+            )
+            return actual
         if self.options.select == "tvm":
             self._decide(assert_kernel, "tvm", "option select='tvm'")
             return actual

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +15,7 @@ import torch
 from torch_rc.options import Options
 from torch_rc.tvm_shim import tvm_api
 
-__all__ = ["TargetInfo", "detect_target", "graph_device"]
+__all__ = ["TargetInfo", "detect_target", "graph_device", "host_target_key"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class TargetInfo:
     target: Any
     num_threads: int
     description: str
+    key: str = ""
 
     def tvm_device(self) -> Any:
         """The TVM device executables for this target run on."""
@@ -40,6 +45,42 @@ def graph_device(example_inputs: Sequence[object]) -> torch.device:
     devices = {value.device for value in example_inputs if isinstance(value, torch.Tensor)}
     cuda = [device for device in devices if device.type == "cuda"]
     return cuda[0] if cuda else torch.device("cpu")
+
+
+@functools.cache
+def _cpu_identity() -> str:
+    """The CPU model and feature flags (what LLVM's host detection derives ``mcpu`` from)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            info = handle.read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in info.splitlines():
+        name, _, value = line.partition(":")
+        name = name.strip()
+        if name in ("model name", "flags", "Features", "CPU part") and name not in fields:
+            fields[name] = value.strip()
+    flags = hashlib.sha256(fields.get("flags", fields.get("Features", "")).encode()).hexdigest()[
+        :16
+    ]
+    return f"{fields.get('model name', fields.get('CPU part', platform.machine()))} flags:{flags}"
+
+
+def host_target_key(options: Options) -> str:
+    """Cache key of the CPU target, computed without importing TVM (that import costs ~2 s,
+    which a warm start must not pay just to look up a key)."""
+    threads = options.num_threads or torch.get_num_threads()
+    return json.dumps(
+        {
+            "kind": "llvm",
+            "cpu": _cpu_identity(),
+            "num_cores": threads,
+            "isa": torch.backends.cpu.get_cpu_capability(),
+            "machine": platform.machine(),
+        },
+        sort_keys=True,
+    )
 
 
 def detect_target(options: Options) -> TargetInfo:

@@ -98,9 +98,34 @@ class CompiledGraph(SerializableCallable):
         # AOTAutograd traces an inference or a training graph depending on grad mode; a loaded
         # artifact must be re-traced the same way for its stored kernels to fit.
         self.grad_enabled = torch.is_grad_enabled()
+        # Called once after the first call, when every first-call decision has been made.
+        self.after_first_call: Callable[[CompiledGraph], None] | None = None
 
     def __call__(self, *args: Any) -> Any:
-        return self.fn(*args)
+        result = self.fn(*args)
+        hook = self.after_first_call
+        if hook is not None:
+            self.after_first_call = None
+            hook(self)
+        return result
+
+    def decisions(self) -> dict[str, str]:
+        """First-call choices made so far: ``"graph"`` and one entry per partition."""
+        report = self.report
+        if report is None:
+            return {}
+        chosen = {part.name: part.status for part in report.partitions if part.status != "pending"}
+        if report.choice != "pending":
+            chosen["graph"] = report.choice
+        return chosen
+
+    def to_bytes(self) -> bytes:
+        return type(self).serialize_compile_artifacts(self)
+
+    @classmethod
+    def load(cls, data: bytes, decisions: dict[str, str] | None = None) -> CompiledGraph:
+        """Rebuild from :meth:`to_bytes` output, applying an earlier run's first-call decisions."""
+        return cls._restore(data, decisions or {})
 
     @classmethod
     def serialize_compile_artifacts(cls, fn: CompiledGraph) -> bytes:
@@ -109,16 +134,25 @@ class CompiledGraph(SerializableCallable):
         from torch_rc.tvm_shim import tvm_api
 
         graph_module = fn.graph_module
+        # Metadata that holds live Dynamo objects cannot be pickled; take it off only for the dump
+        # (Dynamo still reads it from this graph after the backend returns).
+        removed: list[tuple[Any, str, Any]] = []
         for node in graph_module.graph.nodes:
             for key in ("nn_module_stack", "source_fn_stack", "example_value", "grapharg"):
-                node.meta.pop(key, None)
+                if key in node.meta:
+                    removed.append((node, key, node.meta.pop(key)))
+        try:
+            pickled_graph = GraphPickler.dumps(graph_module, Options(ops_filter=None))
+        finally:
+            for node, key, value in removed:
+                node.meta[key] = value
         api = tvm_api()
         state = {
             "artifact_version": ARTIFACT_VERSION,
             "torch": torch.__version__,
             "tvm": api.version,
             "tvm_ffi": api.ffi_version,
-            "graph_module": GraphPickler.dumps(graph_module, Options(ops_filter=None)),
+            "graph_module": pickled_graph,
             "input_specs": fn.input_specs,
             "options": fn.options,
             "kernels": {name: _blob(kernel) for name, kernel in fn.kernels.items()},
@@ -128,6 +162,10 @@ class CompiledGraph(SerializableCallable):
 
     @classmethod
     def deserialize_compile_artifacts(cls, data: bytes) -> CompiledGraph:
+        return cls._restore(data, {})
+
+    @classmethod
+    def _restore(cls, data: bytes, decisions: dict[str, str]) -> CompiledGraph:
         from torch._subclasses import FakeTensorMode
         from torch.fx._graph_pickler import GraphPickler
         from torch.fx.experimental.symbolic_shapes import ShapeEnv
@@ -162,8 +200,30 @@ class CompiledGraph(SerializableCallable):
             example = [_fake(spec) for spec in state["input_specs"]]
         options = Options(**state["options"])
         with torch.set_grad_enabled(state["grad_enabled"]):
-            compiled, _report = compile_graph(graph_module, example, options, prebuilt=kernels)
+            compiled, _report = compile_graph(
+                graph_module,
+                example,
+                options,
+                prebuilt=kernels,
+                decisions=decisions,
+                use_cache=False,
+            )
         return compiled
+
+
+def stored_kernels(data: bytes) -> dict[str, KernelBlob] | None:
+    """The kernel blobs of a cached artifact, or None if it is unreadable or of another format.
+
+    TVM versions need no check here: they are parts of the artifact's cache key.
+    """
+    try:
+        state = pickle.loads(data)
+        if state.get("artifact_version") != ARTIFACT_VERSION:
+            return None
+        return dict(state["kernels"])
+    except Exception as exc:  # a damaged payload is a miss, not a crash
+        logger.warning("torch_rc: cached artifact is unreadable (%s); rebuilding", exc)
+        return None
 
 
 def _blob(kernel: Any) -> KernelBlob:

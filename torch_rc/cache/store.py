@@ -1,0 +1,542 @@
+"""The persistent store: tuning records and compiled-graph artifacts in SQLite.
+
+Why not MetaSchedule's JSONDatabase: its writes are unlocked appends, its records point at
+workloads by line numbers that only hold in the writing process, and its ``QueryTuningRecord``
+ignores the target (apache/tvm #15549). This store keys everything by content, writes in
+transactions (WAL, busy timeout, ``BEGIN IMMEDIATE``), keeps the k best records per
+(workload, target), caps the artifact table with LRU eviction, and never stops a compile:
+
+- a corrupted or truncated file is moved aside (``*.corrupt-<time>``) with a warning and rebuilt;
+- a read-only location degrades to an in-memory copy of what it holds, with a warning;
+- a schema newer than this code is refused with a clear error (the caller then runs uncached);
+- a database error during use is logged and counted, and reads as a miss.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from torch_rc.cache.keys import SCHEMA_VERSION, KeyDetails
+from torch_rc.cache.records import ArtifactEntry, TuningRecord
+from torch_rc.errors import CacheError
+
+__all__ = ["SQLiteStore", "open_store", "DEFAULT_KEEP_BEST", "DEFAULT_ARTIFACT_CAP"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_KEEP_BEST = 3
+DEFAULT_ARTIFACT_CAP = 2 * 1024**3
+_T = TypeVar("_T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    workload_key TEXT NOT NULL,
+    target_key TEXT NOT NULL,
+    latency_s REAL NOT NULL,
+    tvm_version TEXT NOT NULL,
+    created REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_best ON records (workload_key, target_key, latency_s);
+CREATE TABLE IF NOT EXISTS artifacts (
+    key TEXT PRIMARY KEY,
+    parts TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    decisions TEXT NOT NULL,
+    created REAL NOT NULL,
+    last_used REAL NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS artifacts_lru ON artifacts (last_used);
+CREATE TABLE IF NOT EXISTS misses (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    nearest TEXT,
+    differing TEXT NOT NULL,
+    at REAL NOT NULL
+);
+"""
+
+
+class SQLiteStore:
+    """Tuning records and artifacts in one SQLite file (or in memory when it cannot be written).
+
+    Args:
+        path: Database file; None keeps everything in memory.
+        keep_best: Records kept per (workload, target).
+        artifact_cap: Total artifact bytes kept; least recently used artifacts go first.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None,
+        *,
+        keep_best: int = DEFAULT_KEEP_BEST,
+        artifact_cap: int = DEFAULT_ARTIFACT_CAP,
+    ) -> None:
+        self.path = Path(path) if path is not None else None
+        self.keep_best = keep_best
+        self.artifact_cap = artifact_cap
+        self.degraded: str | None = None  # why the store runs in memory, if it does
+        self.errors = 0
+        self._mutex = threading.RLock()
+        self._thread_locks: dict[str, threading.Lock] = {}
+        self._conn = self._open()
+
+    # ----------------------------------------------------------------- opening and recovery
+    def _open(self) -> sqlite3.Connection:
+        if self.path is None:
+            return self._init(_connect(":memory:"))
+        if not _writable(self.path):
+            return self._degrade_to_memory(f"cache location {self.path.parent} is not writable")
+        try:
+            return self._init(_connect(str(self.path)))
+        except CacheError:
+            raise
+        except sqlite3.OperationalError as exc:
+            if "readonly" in str(exc) or "unable to open" in str(exc):
+                return self._degrade_to_memory(f"cannot write {self.path}: {exc}")
+            raise CacheError(f"cannot open tuning cache {self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            aside = self._move_aside()
+            logger.warning(
+                "torch_rc: tuning cache %s is corrupted (%s); moved it to %s and started a new one",
+                self.path,
+                exc,
+                aside,
+            )
+            return self._init(_connect(str(self.path)))
+
+    def _init(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        check = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            conn.close()
+            raise sqlite3.DatabaseError(f"integrity check failed: {check}")
+        conn.executescript(_SCHEMA)
+        row = conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        elif int(row[0]) > SCHEMA_VERSION:
+            conn.close()
+            raise CacheError(
+                f"tuning cache {self.path} has schema version {row[0]}, newer than this torch_rc "
+                f"({SCHEMA_VERSION}); upgrade torch_rc or point TORCH_RC_CACHE_DIR elsewhere"
+            )
+        return conn
+
+    def _move_aside(self) -> Path:
+        assert self.path is not None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{os.getpid()}")
+        for suffix in ("", "-wal", "-shm"):
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                os.replace(source, Path(f"{aside}{suffix}"))
+        return aside
+
+    def _degrade_to_memory(self, reason: str) -> sqlite3.Connection:
+        memory = _connect(":memory:")
+        assert self.path is not None
+        if self.path.exists():
+            try:
+                source = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True)
+                source.backup(memory)
+                source.close()
+                reason += " (its contents were copied into memory)"
+            except sqlite3.DatabaseError:
+                reason += " (its contents could not be read)"
+        self.degraded = reason
+        logger.warning("torch_rc: %s; the cache runs in memory and nothing will persist", reason)
+        return self._init(memory)
+
+    # ----------------------------------------------------------------- plumbing
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._mutex:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _guarded(self, what: str, fn: Callable[[], _T], default: _T) -> _T:
+        """Run ``fn``; a database error is logged and counted and ``default`` returned."""
+        try:
+            with self._mutex:
+                return fn()
+        except sqlite3.DatabaseError as exc:
+            self.errors += 1
+            logger.warning(
+                "torch_rc: tuning cache %s failed (%s); continuing without it", what, exc
+            )
+            return default
+
+    def _bump(self, conn: sqlite3.Connection, counter: str) -> None:
+        conn.execute(
+            "INSERT INTO meta (name, value) VALUES (?, '1') "
+            "ON CONFLICT(name) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            (counter,),
+        )
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Hold a lock named ``key`` across processes (a file lock; released even on kill -9)."""
+        if self.path is None or self.degraded:
+            lock = self._thread_locks.setdefault(key, threading.Lock())
+            with lock:
+                yield
+            return
+        lock_dir = self.path.parent / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / f"{key[:64]}.lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # ----------------------------------------------------------------- tuning records
+    def put_record(self, record: TuningRecord) -> int:
+        """Store a record that passed its correctness check; keep the k best per key pair.
+
+        Raises:
+            CacheError: the record did not pass its check (nothing unverified enters the store).
+        """
+        if not record.check.passed:
+            raise CacheError(
+                f"refusing to store an unverified record for workload {record.workload_key}: "
+                f"max error {record.check.max_abs_error} vs {record.check.reference}"
+            )
+
+        def insert() -> int:
+            with self._write() as conn:
+                cursor = conn.execute(
+                    "INSERT INTO records (workload_key, target_key, latency_s, tvm_version, created, body)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        record.workload_key,
+                        record.target_key,
+                        record.latency_s,
+                        record.tvm_version,
+                        record.created,
+                        record.to_json(),
+                    ),
+                )
+                conn.execute(
+                    "DELETE FROM records WHERE workload_key = ? AND target_key = ? AND id NOT IN ("
+                    " SELECT id FROM records WHERE workload_key = ? AND target_key = ?"
+                    " ORDER BY latency_s, id LIMIT ?)",
+                    (record.workload_key, record.target_key) * 2 + (self.keep_best,),
+                )
+                return int(cursor.lastrowid or 0)
+
+        return self._guarded("write", insert, -1)
+
+    def best_records(self, workload_key: str, target_key: str, k: int = 1) -> list[TuningRecord]:
+        """The ``k`` fastest records for a workload on a target, fastest first."""
+
+        def query() -> list[TuningRecord]:
+            rows = self._conn.execute(
+                "SELECT id, body FROM records WHERE workload_key = ? AND target_key = ?"
+                " ORDER BY latency_s, id LIMIT ?",
+                (workload_key, target_key, k),
+            ).fetchall()
+            return [TuningRecord.from_json(body, id=rid) for rid, body in rows]
+
+        return self._guarded("read", query, [])
+
+    def all_records(self) -> list[TuningRecord]:
+        def query() -> list[TuningRecord]:
+            rows = self._conn.execute(
+                "SELECT id, body FROM records ORDER BY workload_key, target_key, latency_s"
+            ).fetchall()
+            return [TuningRecord.from_json(body, id=rid) for rid, body in rows]
+
+        return self._guarded("read", query, [])
+
+    # ----------------------------------------------------------------- artifacts
+    def get_artifact(self, details: KeyDetails) -> tuple[bytes, dict[str, str]] | None:
+        """The payload and first-call decisions stored under ``details``, or None (a counted miss)."""
+        key = details.key
+
+        def query() -> tuple[bytes, dict[str, str]] | None:
+            row = self._conn.execute(
+                "SELECT payload, decisions FROM artifacts WHERE key = ?", (key,)
+            ).fetchone()
+            with self._write() as conn:
+                if row is None:
+                    self._bump(conn, "artifact_misses")
+                    self._record_miss(conn, details)
+                    return None
+                self._bump(conn, "artifact_hits")
+                conn.execute(
+                    "UPDATE artifacts SET last_used = ?, hits = hits + 1 WHERE key = ?",
+                    (time.time(), key),
+                )
+            return bytes(row[0]), json.loads(row[1])
+
+        return self._guarded("read", query, None)
+
+    def _record_miss(self, conn: sqlite3.Connection, details: KeyDetails) -> None:
+        nearest, differing = None, sorted(details.parts)
+        for other_key, parts in conn.execute(
+            "SELECT key, parts FROM artifacts ORDER BY last_used DESC LIMIT 200"
+        ):
+            diff = details.differences(KeyDetails.from_json(parts))
+            if len(diff) < len(differing):
+                nearest, differing = other_key, diff
+        conn.execute(
+            "INSERT INTO misses (key, nearest, differing, at) VALUES (?, ?, ?, ?)",
+            (details.key, nearest, json.dumps(differing), time.time()),
+        )
+        conn.execute(
+            "DELETE FROM misses WHERE id NOT IN (SELECT id FROM misses ORDER BY id DESC LIMIT 100)"
+        )
+        if nearest is not None:
+            logger.info(
+                "torch_rc: cache miss %s: nearest entry differs in %s", details.key[:12], differing
+            )
+
+    def put_artifact(self, details: KeyDetails, payload: bytes, decisions: dict[str, str]) -> None:
+        """Store (or replace) an artifact, then evict least recently used ones over the cap."""
+
+        def insert() -> None:
+            now = time.time()
+            with self._write() as conn:
+                conn.execute(
+                    "INSERT OR REPLACE INTO artifacts"
+                    " (key, parts, payload, size, decisions, created, last_used, hits)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+                    (
+                        details.key,
+                        details.to_json(),
+                        payload,
+                        len(payload),
+                        json.dumps(decisions),
+                        now,
+                        now,
+                    ),
+                )
+                self._evict(conn)
+
+        self._guarded("write", insert, None)
+
+    def update_decisions(self, details: KeyDetails, decisions: dict[str, str]) -> None:
+        """Record the first-call decisions of an artifact stored before its first call."""
+
+        def update() -> None:
+            with self._write() as conn:
+                conn.execute(
+                    "UPDATE artifacts SET decisions = ? WHERE key = ?",
+                    (json.dumps(decisions), details.key),
+                )
+
+        self._guarded("write", update, None)
+
+    def _evict(self, conn: sqlite3.Connection) -> None:
+        total = conn.execute("SELECT COALESCE(SUM(size), 0) FROM artifacts").fetchone()[0]
+        for key, size in conn.execute(
+            "SELECT key, size FROM artifacts ORDER BY last_used"
+        ).fetchall():
+            if total <= self.artifact_cap:
+                break
+            conn.execute("DELETE FROM artifacts WHERE key = ?", (key,))
+            total -= size
+            self._bump(conn, "artifact_evictions")
+
+    def artifacts(self) -> list[ArtifactEntry]:
+        def query() -> list[ArtifactEntry]:
+            rows = self._conn.execute(
+                "SELECT key, parts, size, created, last_used, hits, decisions FROM artifacts"
+                " ORDER BY last_used DESC"
+            ).fetchall()
+            return [
+                ArtifactEntry(k, KeyDetails.from_json(p).parts, s, c, lu, h, json.loads(d))
+                for k, p, s, c, lu, h, d in rows
+            ]
+
+        return self._guarded("read", query, [])
+
+    def artifact_payload(self, key: str) -> bytes | None:
+        row = self._guarded(
+            "read",
+            lambda: self._conn.execute(
+                "SELECT payload FROM artifacts WHERE key = ?", (key,)
+            ).fetchone(),
+            None,
+        )
+        return bytes(row[0]) if row else None
+
+    def import_artifact(
+        self, key: str, parts_json: str, payload: bytes, decisions: dict[str, str], created: float
+    ) -> bool:
+        """Insert an artifact from a bundle unless one with the same key exists; True if added."""
+
+        def insert() -> bool:
+            with self._write() as conn:
+                cursor = conn.execute(
+                    "INSERT OR IGNORE INTO artifacts (key, parts, payload, size, decisions, created, last_used, hits)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+                    (
+                        key,
+                        parts_json,
+                        payload,
+                        len(payload),
+                        json.dumps(decisions),
+                        created,
+                        time.time(),
+                    ),
+                )
+                self._evict(conn)
+                return cursor.rowcount == 1
+
+        return self._guarded("write", insert, False)
+
+    def recent_misses(self, limit: int = 20) -> list[dict[str, Any]]:
+        def query() -> list[dict[str, Any]]:
+            rows = self._conn.execute(
+                "SELECT key, nearest, differing, at FROM misses ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+            return [
+                {"key": k, "nearest": n, "differing": json.loads(d), "at": a} for k, n, d, a in rows
+            ]
+
+        return self._guarded("read", query, [])
+
+    # ----------------------------------------------------------------- maintenance
+    def stats(self) -> dict[str, Any]:
+        def query() -> dict[str, Any]:
+            conn = self._conn
+            counters = dict(conn.execute("SELECT name, value FROM meta").fetchall())
+            return {
+                "path": str(self.path) if self.path else ":memory:",
+                "degraded": self.degraded,
+                "schema_version": int(counters.pop("schema_version", SCHEMA_VERSION)),
+                "records": conn.execute("SELECT COUNT(*) FROM records").fetchone()[0],
+                "workloads": conn.execute(
+                    "SELECT COUNT(*) FROM (SELECT DISTINCT workload_key, target_key FROM records)"
+                ).fetchone()[0],
+                "artifacts": conn.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0],
+                "artifact_bytes": conn.execute(
+                    "SELECT COALESCE(SUM(size), 0) FROM artifacts"
+                ).fetchone()[0],
+                "artifact_hits": int(counters.get("artifact_hits", 0)),
+                "artifact_misses": int(counters.get("artifact_misses", 0)),
+                "artifact_evictions": int(counters.get("artifact_evictions", 0)),
+                "errors": self.errors,
+            }
+
+        return self._guarded("read", query, {"path": str(self.path), "errors": self.errors})
+
+    def prune(
+        self,
+        *,
+        older_than_s: float | None = None,
+        target_key: str | None = None,
+        tvm_version: str | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, int]:
+        """Delete records/artifacts older than ``older_than_s``, for ``target_key``, or made with a
+        TVM version other than ``tvm_version``. Returns counts (of what would go, with dry_run)."""
+        record_where, record_args = [], []
+        artifact_where, artifact_args = [], []
+        if older_than_s is not None:
+            cutoff = time.time() - older_than_s
+            record_where.append("created < ?")
+            record_args.append(cutoff)
+            artifact_where.append("last_used < ?")
+            artifact_args.append(cutoff)
+        if target_key is not None:
+            record_where.append("target_key = ?")
+            record_args.append(target_key)
+        if tvm_version is not None:
+            record_where.append("tvm_version != ?")
+            record_args.append(tvm_version)
+        if not record_where and not artifact_where:
+            raise CacheError("prune needs at least one of: older_than, target, other TVM version")
+
+        def run() -> dict[str, int]:
+            with self._write() as conn:
+                counts = {"records": 0, "artifacts": 0}
+                if record_where:
+                    sql = " AND ".join(record_where)
+                    counts["records"] = conn.execute(
+                        f"SELECT COUNT(*) FROM records WHERE {sql}", record_args
+                    ).fetchone()[0]
+                    if not dry_run:
+                        conn.execute(f"DELETE FROM records WHERE {sql}", record_args)
+                if artifact_where and target_key is None and tvm_version is None:
+                    sql = " AND ".join(artifact_where)
+                    counts["artifacts"] = conn.execute(
+                        f"SELECT COUNT(*) FROM artifacts WHERE {sql}", artifact_args
+                    ).fetchone()[0]
+                    if not dry_run:
+                        conn.execute(f"DELETE FROM artifacts WHERE {sql}", artifact_args)
+                return counts
+
+        return self._guarded("prune", run, {"records": 0, "artifacts": 0})
+
+    def integrity(self) -> str:
+        """SQLite's full integrity check ("ok" when sound)."""
+        return self._guarded(
+            "integrity check",
+            lambda: self._conn.execute("PRAGMA integrity_check").fetchone()[0],
+            "error",
+        )
+
+    def close(self) -> None:
+        with self._mutex:
+            self._conn.close()
+
+
+def _connect(target: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(target, timeout=60.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 60000")
+    if target != ":memory:":
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+def _writable(path: Path) -> bool:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    if not os.access(path.parent, os.W_OK):
+        return False
+    return not path.exists() or os.access(path, os.W_OK)
+
+
+_OPEN: dict[str, SQLiteStore | None] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def open_store(path: str) -> SQLiteStore | None:
+    """The process's store for ``path`` (opened once); None when it cannot be used at all."""
+    with _OPEN_LOCK:
+        if path not in _OPEN:
+            try:
+                _OPEN[path] = SQLiteStore(path)
+            except CacheError as exc:
+                logger.warning("torch_rc: %s; compiling without the cache", exc)
+                _OPEN[path] = None
+        return _OPEN[path]
