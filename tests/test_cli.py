@@ -1,0 +1,144 @@
+"""The torch-rc command, through click's runner, on real stores and bundles."""
+
+import json
+import tarfile
+
+import pytest
+from click.testing import CliRunner
+
+from torch_rc.backends.target import host_target_key
+from torch_rc.cache.keys import KeyDetails, environment_parts
+from torch_rc.cache.records import Check, TuningRecord
+from torch_rc.cache.store import SQLiteStore
+from torch_rc.cli import main
+from torch_rc.options import Options
+
+CHECK = Check("pytorch", 1e-4, 1e-4, 0.0, True)
+
+
+def fill(cache_dir, target):
+    store = SQLiteStore(cache_dir / "store.sqlite")
+    store.put_record(
+        TuningRecord(
+            "wl", target, "[]", 0.002, CHECK, samples=64, method="mcts", proposer="builtin"
+        )
+    )
+    store.put_record(
+        TuningRecord(
+            "wl", target, "[]", 0.001, CHECK, samples=128, method="mcts", proposer="builtin"
+        )
+    )
+    parts = {**environment_parts(target), "graph": "g"}
+    store.put_artifact(KeyDetails("artifact", parts), _payload(), {"graph": "compiled"})
+    return store
+
+
+def _payload():
+    import pickle
+
+    from torch_rc.cache.artifacts import ARTIFACT_VERSION
+
+    return pickle.dumps({"artifact_version": ARTIFACT_VERSION, "kernels": {}})
+
+
+@pytest.fixture
+def local_target():
+    return host_target_key(Options.resolve())
+
+
+def cli(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_help_everywhere():
+    for args in (
+        [],
+        ["cache"],
+        ["cache", "ls"],
+        ["cache", "import"],
+        ["cache", "prune"],
+        ["cache", "verify"],
+    ):
+        result = cli(*args, "--help")
+        assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_export_import_round_trip_keeps_the_faster_record(tmp_path, local_target):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    fill(src, local_target)
+    dst_store = SQLiteStore(dst / "store.sqlite")
+    dst_store.put_record(TuningRecord("wl", local_target, "[]", 0.0005, CHECK, samples=256))
+    assert cli("cache", "--cache-dir", str(src), "export", str(tmp_path / "b.trc")).exit_code == 0
+    result = cli("cache", "--cache-dir", str(dst), "import", str(tmp_path / "b.trc"))
+    assert result.exit_code == 0, result.output
+    assert "imported 2 records and 1 artifacts" in result.output
+    best = SQLiteStore(dst / "store.sqlite").best_records("wl", local_target, k=5)
+    assert [r.latency_s for r in best] == [0.0005, 0.001, 0.002]
+    again = cli("cache", "--cache-dir", str(dst), "import", str(tmp_path / "b.trc"))
+    assert "(1 already present)" in again.output
+    listing = cli("cache", "--cache-dir", str(dst), "ls")
+    assert (
+        "0.5000" in listing.output
+        and "mcts" in listing.output
+        and "graph=compiled" in listing.output
+    )
+
+
+def test_bundle_for_another_target_is_refused_unless_allowed(tmp_path):
+    other = json.dumps({"kind": "llvm", "cpu": "some other cpu"})
+    fill(tmp_path / "src", other)
+    cli("cache", "--cache-dir", str(tmp_path / "src"), "export", str(tmp_path / "b.trc"))
+    refused = cli("cache", "--cache-dir", str(tmp_path / "dst"), "import", str(tmp_path / "b.trc"))
+    assert refused.exit_code != 0
+    assert (
+        "refused 3 for another target" in refused.output
+        and "--allow-other-target" in refused.output
+    )
+    assert SQLiteStore(tmp_path / "dst" / "store.sqlite").all_records() == []
+    allowed = cli(
+        "cache",
+        "--cache-dir",
+        str(tmp_path / "dst"),
+        "import",
+        "--allow-other-target",
+        str(tmp_path / "b.trc"),
+    )
+    assert allowed.exit_code == 0 and "imported 2 records" in allowed.output
+
+
+def test_corrupted_or_foreign_bundle_is_a_clear_error_and_writes_nothing(tmp_path, local_target):
+    fill(tmp_path / "src", local_target)
+    bundle = tmp_path / "b.trc"
+    cli("cache", "--cache-dir", str(tmp_path / "src"), "export", str(bundle))
+    truncated = tmp_path / "t.trc"
+    truncated.write_bytes(bundle.read_bytes()[: bundle.stat().st_size // 2])
+    foreign = tmp_path / "f.trc"
+    with tarfile.open(foreign, "w:gz") as tar:
+        tar.add(__file__, arcname="manifest.json")
+    for path, message in (
+        (truncated, "corrupted or truncated"),
+        (foreign, "not a readable torch_rc bundle"),
+        (tmp_path / "none.trc", "does not exist"),
+    ):
+        result = cli("cache", "--cache-dir", str(tmp_path / "dst"), "import", str(path))
+        assert result.exit_code == 1
+        assert message in result.output and "Traceback" not in result.output
+    assert SQLiteStore(tmp_path / "dst" / "store.sqlite").stats()["records"] == 0
+
+
+def test_prune_stats_and_verify(tmp_path, local_target):
+    store = fill(tmp_path, local_target)
+    dry = cli("cache", "--cache-dir", str(tmp_path), "prune", "--target", local_target, "--dry-run")
+    assert "would delete 2 records" in dry.output
+    assert len(store.all_records()) == 2
+    assert cli("cache", "--cache-dir", str(tmp_path), "prune").exit_code != 0  # no criterion given
+    assert (
+        "deleted 2 records"
+        in cli("cache", "--cache-dir", str(tmp_path), "prune", "--target", local_target).output
+    )
+    stats = json.loads(cli("cache", "--cache-dir", str(tmp_path), "stats", "--json").output)
+    assert stats["records"] == 0 and stats["artifacts"] == 1
+    assert cli("cache", "--cache-dir", str(tmp_path), "verify").exit_code == 0
+    store._conn.execute("UPDATE artifacts SET payload = x'00ff'")
+    damaged = cli("cache", "--cache-dir", str(tmp_path), "verify")
+    assert damaged.exit_code == 1 and "cannot be read back" in damaged.output

@@ -1,0 +1,313 @@
+"""The ``torch-rc`` command.
+
+Errors the user can act on (a bad bundle, an unusable cache location) print one clear line and
+exit non-zero; they never end in a bare traceback.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from torch_rc.errors import TorchRCError
+
+__all__ = ["main"]
+
+console = Console(soft_wrap=True)  # one-line messages stay one line (users grep them)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _clear_errors(fn: _F) -> _F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TorchRCError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[str, int, int], None]]:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(_stage: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _when(stamp: float) -> str:
+    return datetime.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M")
+
+
+def _store(cache_dir: str | None) -> Any:
+    from torch_rc.cache.store import SQLiteStore
+    from torch_rc.options import Options
+
+    options = Options.resolve({"cache_dir": cache_dir} if cache_dir else None)
+    return SQLiteStore(options.store_path())
+
+
+def _local_target() -> str:
+    from torch_rc.backends.target import host_target_key
+    from torch_rc.options import Options
+
+    return host_target_key(Options.resolve())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="torch_rc")
+def main() -> None:
+    """torch_rc: a tuning compiler backend for PyTorch serving.
+
+    Use it from Python with torch.compile(model, backend="reasoning"); this command manages
+    what it stores.
+    """
+
+
+@main.group()
+@click.option(
+    "--cache-dir",
+    envvar="TORCH_RC_CACHE_DIR",
+    default=None,
+    help="Cache directory (default: TORCH_RC_CACHE_DIR, else the platform's user cache dir).",
+)
+@click.pass_context
+def cache(ctx: click.Context, cache_dir: str | None) -> None:
+    """Inspect, ship and maintain the persistent tuning and artifact cache."""
+    ctx.obj = cache_dir
+
+
+@cache.command("ls")
+@click.option("--limit", default=50, show_default=True, help="Rows per table.")
+@click.pass_obj
+@_clear_errors
+def cache_ls(cache_dir: str | None, limit: int) -> None:
+    """List tuning records (best latency, samples, provenance) and compiled artifacts."""
+    store = _store(cache_dir)
+    records = store.all_records()
+    table = Table(
+        "workload",
+        "target",
+        "best ms",
+        "samples",
+        "method",
+        "proposer / models",
+        "created",
+        title="Tuning records",
+    )
+    for record in records[:limit]:
+        target = (
+            json.loads(record.target_key).get("cpu", record.target_key)
+            if record.target_key.startswith("{")
+            else record.target_key
+        )
+        table.add_row(
+            record.workload_key[:16],
+            str(target)[:32],
+            f"{record.latency_s * 1e3:.4f}",
+            str(record.samples),
+            record.method or "-",
+            ", ".join(filter(None, [record.proposer, *record.models])) or "-",
+            _when(record.created),
+        )
+    console.print(table)
+    artifacts = store.artifacts()
+    table = Table(
+        "key", "size KB", "hits", "last used", "decisions", title="Compiled-graph artifacts"
+    )
+    for entry in artifacts[:limit]:
+        decisions = ", ".join(f"{k}={v}" for k, v in sorted(entry.decisions.items())) or "-"
+        table.add_row(
+            entry.key[:12],
+            f"{entry.size / 1024:.0f}",
+            str(entry.hits),
+            _when(entry.last_used),
+            decisions,
+        )
+    console.print(table)
+
+
+@cache.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.pass_obj
+@_clear_errors
+def cache_stats(cache_dir: str | None, as_json: bool) -> None:
+    """Counts, sizes and hit/miss counters."""
+    stats = _store(cache_dir).stats()
+    if as_json:
+        click.echo(json.dumps(stats, indent=2))
+        return
+    for name, value in stats.items():
+        console.print(f"{name:20} {value}")
+
+
+@cache.command("export")
+@click.argument("bundle", type=click.Path(dir_okay=False))
+@click.pass_obj
+@_clear_errors
+def cache_export(cache_dir: str | None, bundle: str) -> None:
+    """Write the whole cache to BUNDLE, one portable file for a serving fleet."""
+    from torch_rc.cache.bundle import export_bundle
+
+    with _progress("export") as progress:
+        manifest = export_bundle(_store(cache_dir), bundle, progress)
+    console.print(
+        f"wrote {bundle}: {manifest['records']} records, {manifest['artifacts']} artifacts"
+    )
+
+
+@cache.command("import")
+@click.argument("bundle", type=click.Path(dir_okay=False))
+@click.option(
+    "--allow-other-target", is_flag=True, help="Also import entries made for another CPU/GPU."
+)
+@click.pass_obj
+@_clear_errors
+def cache_import(cache_dir: str | None, bundle: str, allow_other_target: bool) -> None:
+    """Merge BUNDLE into the cache (faster records win; entries for another target are refused)."""
+    from torch_rc.cache.bundle import import_bundle
+
+    with _progress("import") as progress:
+        summary = import_bundle(
+            _store(cache_dir),
+            bundle,
+            local_target=_local_target(),
+            allow_other_target=allow_other_target,
+            progress=progress,
+        )
+    console.print(
+        f"imported {summary.records_added} records and {summary.artifacts_added} artifacts "
+        f"({summary.artifacts_present} already present); refused {summary.rejected_other_target} "
+        f"for another target, {summary.rejected_other_version} for other versions, "
+        f"{summary.rejected_unverified} unverified"
+    )
+    usable = summary.records_added + summary.artifacts_added + summary.artifacts_present
+    if usable == 0 and (summary.rejected_other_target or summary.rejected_other_version):
+        raise click.ClickException(
+            "nothing in the bundle is usable here (made for another target or other versions); "
+            "pass --allow-other-target to import other targets anyway"
+        )
+
+
+@cache.command("prune")
+@click.option(
+    "--older-than",
+    "older_than_days",
+    type=float,
+    help="Entries unused for more than this many days.",
+)
+@click.option("--target", "target_key", help="Records for this target key.")
+@click.option(
+    "--other-tvm",
+    is_flag=True,
+    help="Records made with another TVM version than the installed one.",
+)
+@click.option("--dry-run", is_flag=True, help="Only say what would be deleted.")
+@click.pass_obj
+@_clear_errors
+def cache_prune(
+    cache_dir: str | None,
+    older_than_days: float | None,
+    target_key: str | None,
+    other_tvm: bool,
+    dry_run: bool,
+) -> None:
+    """Delete old entries, entries for a target, or records of other TVM versions."""
+    from torch_rc.cache.keys import environment_parts
+
+    tvm_version = environment_parts("")["tvm"] if other_tvm else None
+    counts = _store(cache_dir).prune(
+        older_than_s=older_than_days * 86400 if older_than_days is not None else None,
+        target_key=target_key,
+        tvm_version=tvm_version,
+        dry_run=dry_run,
+    )
+    verb = "would delete" if dry_run else "deleted"
+    console.print(f"{verb} {counts['records']} records and {counts['artifacts']} artifacts")
+
+
+@cache.command("verify")
+@click.pass_obj
+@_clear_errors
+def cache_verify(cache_dir: str | None) -> None:
+    """Check the database's integrity and that every record and artifact can be read back.
+
+    Exits non-zero if anything is damaged. (Re-measuring records needs the tuner's runner and is
+    not offered yet.)
+    """
+    from torch_rc.cache.artifacts import stored_kernels
+
+    store = _store(cache_dir)
+    problems = []
+    integrity = store.integrity()
+    if integrity != "ok":
+        problems.append(f"database integrity: {integrity}")
+    records = store.all_records()
+    problems += [
+        f"record {r.id} ({r.workload_key}) has no passed check"
+        for r in records
+        if not r.check.passed
+    ]
+    artifacts = store.artifacts()
+    with _progress("verify artifacts") as progress:
+        for index, entry in enumerate(artifacts):
+            payload = store.artifact_payload(entry.key)
+            if payload is None or stored_kernels(payload) is None:
+                problems.append(f"artifact {entry.key[:12]} cannot be read back")
+            progress("verify", index + 1, len(artifacts))
+    for problem in problems:
+        console.print(f"[red]{problem}[/red]")
+    if problems:
+        raise click.ClickException(f"{len(problems)} problem(s) found")
+    console.print(f"ok: integrity ok, {len(records)} records, {len(artifacts)} artifacts readable")
+
+
+@cache.command("explain")
+@click.argument("key_prefix", required=False)
+@click.option("--limit", default=10, show_default=True)
+@click.pass_obj
+@_clear_errors
+def cache_explain(cache_dir: str | None, key_prefix: str | None, limit: int) -> None:
+    """Why recent lookups missed (the key parts that differ from the nearest entry), or the
+    parts of the artifact whose key starts with KEY_PREFIX."""
+    store = _store(cache_dir)
+    if key_prefix:
+        matches = [a for a in store.artifacts() if a.key.startswith(key_prefix)]
+        if not matches:
+            raise click.ClickException(f"no artifact key starts with {key_prefix!r}")
+        for entry in matches:
+            console.print(f"[bold]{entry.key}[/bold]")
+            for name, value in sorted(entry.parts.items()):
+                console.print(f"  {name:15} {value}")
+        return
+    misses = store.recent_misses(limit)
+    if not misses:
+        console.print("no misses recorded")
+    for miss in misses:
+        age = time.time() - miss["at"]
+        if miss["nearest"] is None:
+            why = "the cache held no artifact to compare with"
+        else:
+            why = f"nearest {miss['nearest'][:12]} differs in: {', '.join(miss['differing'])}"
+        console.print(f"{miss['key'][:12]}  {age / 60:6.1f} min ago  {why}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
