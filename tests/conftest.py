@@ -11,3 +11,22 @@ def fresh_dynamo(tmp_path, monkeypatch):
     torch.manual_seed(0)
     yield
     torch._dynamo.reset()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    from tests.cache.redis_server import start_redis
+
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """An empty Redis database on a server this test session started on 127.0.0.1."""
+    import redis
+
+    redis.Redis.from_url(redis_server).flushall()
+    return redis_server

@@ -56,12 +56,13 @@ def _when(stamp: float) -> str:
     return datetime.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M")
 
 
-def _store(cache_dir: str | None) -> Any:
-    from torch_rc.cache.store import SQLiteStore
+def _store(location: tuple[str | None, str | None]) -> Any:
+    from torch_rc.cache.store import make_store
     from torch_rc.options import Options
 
-    options = Options.resolve({"cache_dir": cache_dir} if cache_dir else None)
-    return SQLiteStore(options.store_path())
+    cache_dir, cache_url = location
+    given = {k: v for k, v in (("cache_dir", cache_dir), ("cache_url", cache_url)) if v}
+    return make_store(Options.resolve(given).store_location())
 
 
 def _local_target() -> str:
@@ -88,19 +89,25 @@ def main() -> None:
     default=None,
     help="Cache directory (default: TORCH_RC_CACHE_DIR, else the platform's user cache dir).",
 )
+@click.option(
+    "--cache-url",
+    envvar="TORCH_RC_CACHE_URL",
+    default=None,
+    help="A shared cache server (redis://host:port/db) instead of the local directory.",
+)
 @click.pass_context
-def cache(ctx: click.Context, cache_dir: str | None) -> None:
+def cache(ctx: click.Context, cache_dir: str | None, cache_url: str | None) -> None:
     """Inspect, ship and maintain the persistent tuning and artifact cache."""
-    ctx.obj = cache_dir
+    ctx.obj = (cache_dir, cache_url)
 
 
 @cache.command("ls")
 @click.option("--limit", default=50, show_default=True, help="Rows per table.")
 @click.pass_obj
 @_clear_errors
-def cache_ls(cache_dir: str | None, limit: int) -> None:
+def cache_ls(location: tuple[str | None, str | None], limit: int) -> None:
     """List tuning records (best latency, samples, provenance) and compiled artifacts."""
-    store = _store(cache_dir)
+    store = _store(location)
     records = store.all_records()
     table = Table(
         "workload",
@@ -148,9 +155,9 @@ def cache_ls(cache_dir: str | None, limit: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_obj
 @_clear_errors
-def cache_stats(cache_dir: str | None, as_json: bool) -> None:
+def cache_stats(location: tuple[str | None, str | None], as_json: bool) -> None:
     """Counts, sizes and hit/miss counters."""
-    stats = _store(cache_dir).stats()
+    stats = _store(location).stats()
     if as_json:
         click.echo(json.dumps(stats, indent=2))
         return
@@ -162,12 +169,12 @@ def cache_stats(cache_dir: str | None, as_json: bool) -> None:
 @click.argument("bundle", type=click.Path(dir_okay=False))
 @click.pass_obj
 @_clear_errors
-def cache_export(cache_dir: str | None, bundle: str) -> None:
+def cache_export(location: tuple[str | None, str | None], bundle: str) -> None:
     """Write the whole cache to BUNDLE, one portable file for a serving fleet."""
     from torch_rc.cache.bundle import export_bundle
 
     with _progress("export") as progress:
-        manifest = export_bundle(_store(cache_dir), bundle, progress)
+        manifest = export_bundle(_store(location), bundle, progress)
     console.print(
         f"wrote {bundle}: {manifest['records']} records, {manifest['artifacts']} artifacts"
     )
@@ -180,13 +187,15 @@ def cache_export(cache_dir: str | None, bundle: str) -> None:
 )
 @click.pass_obj
 @_clear_errors
-def cache_import(cache_dir: str | None, bundle: str, allow_other_target: bool) -> None:
+def cache_import(
+    location: tuple[str | None, str | None], bundle: str, allow_other_target: bool
+) -> None:
     """Merge BUNDLE into the cache (faster records win; entries for another target are refused)."""
     from torch_rc.cache.bundle import import_bundle
 
     with _progress("import") as progress:
         summary = import_bundle(
-            _store(cache_dir),
+            _store(location),
             bundle,
             local_target=_local_target(),
             allow_other_target=allow_other_target,
@@ -223,7 +232,7 @@ def cache_import(cache_dir: str | None, bundle: str, allow_other_target: bool) -
 @click.pass_obj
 @_clear_errors
 def cache_prune(
-    cache_dir: str | None,
+    location: tuple[str | None, str | None],
     older_than_days: float | None,
     target_key: str | None,
     other_tvm: bool,
@@ -233,7 +242,7 @@ def cache_prune(
     from torch_rc.cache.keys import environment_parts
 
     tvm_version = environment_parts("")["tvm"] if other_tvm else None
-    counts = _store(cache_dir).prune(
+    counts = _store(location).prune(
         older_than_s=older_than_days * 86400 if older_than_days is not None else None,
         target_key=target_key,
         tvm_version=tvm_version,
@@ -246,7 +255,7 @@ def cache_prune(
 @cache.command("verify")
 @click.pass_obj
 @_clear_errors
-def cache_verify(cache_dir: str | None) -> None:
+def cache_verify(location: tuple[str | None, str | None]) -> None:
     """Check the database's integrity and that every record and artifact can be read back.
 
     Exits non-zero if anything is damaged. (Re-measuring records needs the tuner's runner and is
@@ -254,7 +263,7 @@ def cache_verify(cache_dir: str | None) -> None:
     """
     from torch_rc.cache.artifacts import stored_kernels
 
-    store = _store(cache_dir)
+    store = _store(location)
     problems = []
     integrity = store.integrity()
     if integrity != "ok":
@@ -284,10 +293,12 @@ def cache_verify(cache_dir: str | None) -> None:
 @click.option("--limit", default=10, show_default=True)
 @click.pass_obj
 @_clear_errors
-def cache_explain(cache_dir: str | None, key_prefix: str | None, limit: int) -> None:
+def cache_explain(
+    location: tuple[str | None, str | None], key_prefix: str | None, limit: int
+) -> None:
     """Why recent lookups missed (the key parts that differ from the nearest entry), or the
     parts of the artifact whose key starts with KEY_PREFIX."""
-    store = _store(cache_dir)
+    store = _store(location)
     if key_prefix:
         matches = [a for a in store.artifacts() if a.key.startswith(key_prefix)]
         if not matches:

@@ -49,6 +49,8 @@ class Options:
             rebuilt and re-measured.
         cache_dir: Where the cache lives; empty means the platform's user cache dir
             (``~/.cache/torch_rc`` on Linux).
+        cache_url: A shared cache server for a fleet, ``redis://host:port/db``; empty uses the
+            SQLite file in ``cache_dir``. An unreachable server means compiling without a cache.
     """
 
     strict: bool = False
@@ -63,6 +65,7 @@ class Options:
     measure_repeats: int = 10
     cache: bool = True
     cache_dir: str = ""
+    cache_url: str = ""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -76,6 +79,10 @@ class Options:
             raise OptionsError(f"option 'num_threads' must be >= 0, got {self.num_threads}")
         if self.measure_repeats < 1:
             raise OptionsError(f"option 'measure_repeats' must be >= 1, got {self.measure_repeats}")
+        if self.cache_url and not self.cache_url.startswith(("redis://", "rediss://", "unix://")):
+            raise OptionsError(
+                f"option 'cache_url' must be a redis:// URL (or empty for the local SQLite cache), got {self.cache_url!r}"
+            )
         if self.rtol < 0 or self.atol < 0:
             raise OptionsError("options 'rtol' and 'atol' must be >= 0")
 
@@ -108,6 +115,10 @@ class Options:
         for key, value in (options or {}).items():
             merged[_check_key(key, "torch.compile option")] = value
         return cls(**merged)
+
+    def store_location(self) -> str:
+        """Where the persistent cache lives: ``cache_url`` if set, else the SQLite file."""
+        return self.cache_url or self.store_path()
 
     def store_path(self) -> str:
         """The SQLite file of the persistent cache."""

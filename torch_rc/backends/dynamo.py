@@ -21,7 +21,7 @@ from torch_rc.backends.specialize import SpecializingGraph, has_symbolic_shapes
 from torch_rc.backends.target import detect_target, graph_device, host_target_key
 from torch_rc.cache.artifacts import CompiledGraph, KernelBlob, options_dict, stored_kernels
 from torch_rc.cache.keys import artifact_key
-from torch_rc.cache.store import SQLiteStore, open_store
+from torch_rc.cache.store import open_store
 from torch_rc.options import Options
 
 __all__ = ["reasoning", "compile_graph"]
@@ -76,7 +76,7 @@ def compile_graph(
     example = list(example_inputs)
     cacheable = not has_symbolic_shapes(example) and graph_device(example).type == "cpu"
     if use_cache and options.cache and cacheable:
-        store = open_store(options.store_path())
+        store = open_store(options.store_location())
         if store is not None:
             return _compile_cached(gm, example, options, report_sink, store)
     kernels: dict[str, Any] = {}
@@ -89,7 +89,7 @@ def _compile_cached(
     example: list[object],
     options: Options,
     report_sink: list[GraphReport] | None,
-    store: SQLiteStore,
+    store: Any,
 ) -> tuple[CompiledGraph, GraphReport]:
     """Load the graph's kernels and decisions from the store, or build and store them.
 

@@ -30,7 +30,7 @@ from torch_rc.cache.keys import SCHEMA_VERSION, KeyDetails
 from torch_rc.cache.records import ArtifactEntry, TuningRecord
 from torch_rc.errors import CacheError
 
-__all__ = ["SQLiteStore", "open_store", "DEFAULT_KEEP_BEST", "DEFAULT_ARTIFACT_CAP"]
+__all__ = ["SQLiteStore", "make_store", "open_store", "DEFAULT_KEEP_BEST", "DEFAULT_ARTIFACT_CAP"]
 
 logger = logging.getLogger(__name__)
 
@@ -526,17 +526,31 @@ def _writable(path: Path) -> bool:
     return not path.exists() or os.access(path, os.W_OK)
 
 
-_OPEN: dict[str, SQLiteStore | None] = {}
+_OPEN: dict[str, Any] = {}
 _OPEN_LOCK = threading.Lock()
 
 
-def open_store(path: str) -> SQLiteStore | None:
-    """The process's store for ``path`` (opened once); None when it cannot be used at all."""
+def make_store(location: str) -> Any:
+    """A store for ``location``: a ``redis://`` URL (RedisStore) or a SQLite file path.
+
+    Raises:
+        CacheError: the store cannot be used at all (unreachable server, newer schema).
+    """
+    if location.startswith(("redis://", "rediss://", "unix://")):
+        from torch_rc.cache.redis_store import RedisStore
+
+        return RedisStore(location)
+    return SQLiteStore(location)
+
+
+def open_store(location: str) -> Any:
+    """The process's store for ``location`` (opened once); None when it cannot be used at all,
+    in which case the caller compiles without a cache (a warning says why)."""
     with _OPEN_LOCK:
-        if path not in _OPEN:
+        if location not in _OPEN:
             try:
-                _OPEN[path] = SQLiteStore(path)
+                _OPEN[location] = make_store(location)
             except CacheError as exc:
                 logger.warning("torch_rc: %s; compiling without the cache", exc)
-                _OPEN[path] = None
-        return _OPEN[path]
+                _OPEN[location] = None
+        return _OPEN[location]
