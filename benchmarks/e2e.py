@@ -2,6 +2,8 @@
 
 For each model: median latency (ms) of each, first-call time (compile + first run, s), the
 fraction of ATen ops lowered to / executed on TVM, and what the reasoning backend chose.
+torch_rc's cache goes to a fresh temporary directory, so its first-call times are cold; Inductor
+uses its own on-disk cache as configured (see benchmarks/warm_start.py for cold vs warm).
 This machine is shared and noisy: read the ratios, and rerun for medians across runs.
 
     .venv/bin/python benchmarks/e2e.py [--models mlp,bert] [--runs 30] [--json out.json]
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 import statistics
 import sys
 import time
@@ -64,6 +68,7 @@ def bench(name: str, runs: int) -> dict:
 
 
 def main() -> None:
+    os.environ["TORCH_RC_CACHE_DIR"] = tempfile.mkdtemp(prefix="e2e_torch_rc_cache_")
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
