@@ -25,7 +25,10 @@ def location(request, tmp_path):
 
 
 def test_k_best_and_unverified_refused(location):
+    from torch_rc.cache.interface import TuningStore
+
     store = make_store(location)
+    assert isinstance(store, TuningStore)
     store.keep_best = 2
     for latency in (3.0, 1.0, 2.0):
         store.put_record(TuningRecord("w", "t", "[]", latency, CHECK, method="mcts"))

@@ -20,6 +20,7 @@ from torch_rc.backends.gate import GraphGate
 from torch_rc.backends.specialize import SpecializingGraph, has_symbolic_shapes
 from torch_rc.backends.target import detect_target, graph_device, host_target_key
 from torch_rc.cache.artifacts import CompiledGraph, KernelBlob, options_dict, stored_kernels
+from torch_rc.cache.interface import TuningStore
 from torch_rc.cache.keys import artifact_key
 from torch_rc.cache.store import open_store
 from torch_rc.options import Options
@@ -89,7 +90,7 @@ def _compile_cached(
     example: list[object],
     options: Options,
     report_sink: list[GraphReport] | None,
-    store: Any,
+    store: TuningStore,
 ) -> tuple[CompiledGraph, GraphReport]:
     """Load the graph's kernels and decisions from the store, or build and store them.
 

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from torch_rc.cache.interface import TuningStore
 from torch_rc.cache.keys import SCHEMA_VERSION, KeyDetails, environment_parts
 from torch_rc.cache.records import TuningRecord
-from torch_rc.cache.store import SQLiteStore
 from torch_rc.errors import CacheError
 
 __all__ = ["BUNDLE_FORMAT", "ImportSummary", "export_bundle", "import_bundle", "read_bundle"]
@@ -60,7 +60,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def export_bundle(
-    store: SQLiteStore, path: str | os.PathLike[str], progress: Progress | None = None
+    store: TuningStore, path: str | os.PathLike[str], progress: Progress | None = None
 ) -> dict:
     """Write every record and artifact of ``store`` to the bundle ``path``; return the manifest."""
     records = store.all_records()
@@ -166,7 +166,7 @@ def read_bundle(path: str | os.PathLike[str]) -> Bundle:
 
 
 def import_bundle(
-    store: SQLiteStore,
+    store: TuningStore,
     path: str | os.PathLike[str],
     *,
     local_target: str,

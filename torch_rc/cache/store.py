@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from torch_rc.cache.interface import TuningStore
 from torch_rc.cache.keys import SCHEMA_VERSION, KeyDetails
 from torch_rc.cache.records import ArtifactEntry, TuningRecord
 from torch_rc.errors import CacheError
@@ -526,11 +527,11 @@ def _writable(path: Path) -> bool:
     return not path.exists() or os.access(path, os.W_OK)
 
 
-_OPEN: dict[str, Any] = {}
+_OPEN: dict[str, TuningStore | None] = {}
 _OPEN_LOCK = threading.Lock()
 
 
-def make_store(location: str) -> Any:
+def make_store(location: str) -> TuningStore:
     """A store for ``location``: a ``redis://`` URL (RedisStore) or a SQLite file path.
 
     Raises:
@@ -543,7 +544,7 @@ def make_store(location: str) -> Any:
     return SQLiteStore(location)
 
 
-def open_store(location: str) -> Any:
+def open_store(location: str) -> TuningStore | None:
     """The process's store for ``location`` (opened once); None when it cannot be used at all,
     in which case the caller compiles without a cache (a warning says why)."""
     with _OPEN_LOCK:
