@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 

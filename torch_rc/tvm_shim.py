@@ -15,7 +15,15 @@ from dataclasses import dataclass
 
 from torch_rc.errors import TVMVersionError
 
-__all__ = ["TVMApi", "tvm_api", "check_versions", "SUPPORTED_TVM", "SUPPORTED_TVM_FFI"]
+__all__ = [
+    "TVMApi",
+    "tvm_api",
+    "check_versions",
+    "load_cpu_vm",
+    "start_cpu_vm",
+    "SUPPORTED_TVM",
+    "SUPPORTED_TVM_FFI",
+]
 
 SUPPORTED_TVM = "0.27"
 # apache-tvm-ffi 0.1.15.* is ABI-incompatible with the apache-tvm 0.27.0.post1 wheel: save_json and
@@ -99,3 +107,45 @@ def check_versions(tvm_version: str, ffi_version: str) -> None:
             f"{ffi_version or 'none'} (0.1.15 segfaults with apache-tvm 0.27 when serialising IR); "
             "install it with: pip install 'apache-tvm-ffi==0.1.14.post0'"
         )
+
+
+# Relax VM start-up arguments (tvm/runtime/vm.py): DLPack's kDLCPU and the pooled allocator.
+_KDL_CPU = 1
+_POOLED_ALLOCATOR = 2
+
+
+@functools.cache
+def _runtime_library() -> None:
+    """Load libtvm_runtime.so into the process (global symbols) without importing ``tvm``.
+
+    Exported kernel libraries link against it; ``import tvm`` would load it too but costs ~1.4 s
+    more (it imports the whole compiler stack), which a warm start should not pay.
+    """
+    import ctypes
+    import importlib.util
+    import os
+
+    check_versions(_installed("apache-tvm"), _installed("apache-tvm-ffi"))
+    spec = importlib.util.find_spec("tvm")
+    if spec is None or spec.origin is None:
+        raise TVMVersionError("apache-tvm is not installed: pip install 'apache-tvm==0.27.0.post1'")
+    ctypes.CDLL(
+        os.path.join(os.path.dirname(spec.origin), "lib", "libtvm_runtime.so"),
+        mode=ctypes.RTLD_GLOBAL,
+    )
+
+
+def load_cpu_vm(library_path: str) -> object:
+    """A Relax VM on the CPU for an exported executable library, using only tvm-ffi and the
+    runtime library (no ``import tvm``). Returns the VM module; call ``vm["main"](*tensors)``."""
+    import tvm_ffi
+
+    _runtime_library()
+    return start_cpu_vm(tvm_ffi.load_module(library_path))
+
+
+def start_cpu_vm(runtime_module: object) -> object:
+    """Start a Relax VM on the CPU from a runtime module holding an executable."""
+    vm = runtime_module["vm_load_executable"]()  # type: ignore[index]
+    vm["vm_initialization"](_KDL_CPU, 0, _POOLED_ALLOCATOR)
+    return vm

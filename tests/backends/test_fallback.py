@@ -86,7 +86,7 @@ def _build_kernel(fn, *example):
     lowered = lower_partition(gm, vals)
     target = detect_target(Options())
     ex = build_executable(lowered.mod, target, Options())
-    return TVMKernel(
+    return TVMKernel.from_executable(
         ex, target.tvm_device(), lowered.inputs, lowered.outputs, lowered.single_output, "k"
     )
 

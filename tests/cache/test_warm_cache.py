@@ -37,6 +37,7 @@ CHILD = textwrap.dedent(
         "builds": len(builds),
         "choice": report.choice,
         "parts": [[p.status, p.reason, p.tvm_ms] for p in report.partitions],
+        "tvm_imported": "tvm" in sys.modules,
     }))
     """
 )
@@ -62,6 +63,7 @@ def test_second_process_loads_kernels_and_decisions_without_building(tmp_path):
     second = run(tmp_path, select="tvm")
     assert second["cache"] == "hit"
     assert second["builds"] == 0
+    assert first["tvm_imported"] and not second["tvm_imported"]  # kernels load through tvm-ffi only
     assert [p[0] for p in second["parts"]] == ["tvm"] * len(first["parts"])
     assert all("cached decision" in p[1] for p in second["parts"])
 

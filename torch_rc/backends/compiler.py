@@ -114,7 +114,7 @@ def compile_aten_graph(
             setattr(parent, name, SelectingPartition(sub, None, part, options))
             continue
         blob = (prebuilt or {}).get(name)
-        kernel = _load_kernel(blob, calls[name], target, part) if blob is not None else None
+        kernel = _load_kernel(blob, calls[name], part) if blob is not None else None
         if kernel is None:
             kernel = _build_kernel(sub, calls[name], target, options, part)
         if kernel is not None and kernels is not None:
@@ -144,7 +144,7 @@ def _build_kernel(
     try:
         lowered = lower_partition(sub, _input_values(call))
         executable = build_executable(lowered.mod, target, options)
-        return TVMKernel(
+        return TVMKernel.from_executable(
             executable,
             target.tvm_device(),
             lowered.inputs,
@@ -165,12 +165,8 @@ def _input_values(call: torch.fx.Node) -> list[object]:
     return [arg.meta.get("val") if isinstance(arg, torch.fx.Node) else arg for arg in call.args]
 
 
-def _load_kernel(
-    blob: Any, call: torch.fx.Node, target: TargetInfo, part: PartitionReport
-) -> TVMKernel | None:
-    """A kernel from a serialized library, or None when the blob does not fit this partition."""
-    from torch_rc.cache.artifacts import load_library
-
+def _load_kernel(blob: Any, call: torch.fx.Node, part: PartitionReport) -> TVMKernel | None:
+    """A kernel from a stored library, or None when the blob does not fit this partition."""
     try:
         specs = tuple(tensor_spec(value) for value in _input_values(call))
     except LoweringError:
@@ -180,16 +176,9 @@ def _load_kernel(
             "torch_rc: stored kernel for %s has other input specs; rebuilding", part.name
         )
         return None
-    kernel = TVMKernel(
-        load_library(blob.library),
-        target.tvm_device(),
-        blob.inputs,
-        blob.outputs,
-        blob.single_output,
-        name=part.name,
+    return TVMKernel.from_library(
+        blob.library, blob.inputs, blob.outputs, blob.single_output, name=part.name
     )
-    kernel.library = blob.library
-    return kernel
 
 
 def _has_side_effects(node: torch.fx.Node) -> bool:

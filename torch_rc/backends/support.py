@@ -9,12 +9,12 @@ from __future__ import annotations
 import functools
 import operator
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 import torch.fx
 
 from torch_rc.options import Options
-from torch_rc.tvm_shim import tvm_api
 
 __all__ = ["unsupported_reason", "converter_names", "op_name", "is_compute_node"]
 
@@ -55,13 +55,24 @@ _FREE_OPS = frozenset(
 )
 
 
+# TVM's converter table, as data: reading it costs nothing, while asking TVM's importer would
+# import the whole compiler (~1.4 s) before any partition is known to need it (a warm start does
+# not). TVM is pinned exactly; tests/backends/test_support.py fails if the file drifts.
+_CONVERTER_TABLE = Path(__file__).with_name("tvm_converters.txt")
+
+
+def tvm_converter_names() -> frozenset[str]:
+    """The op names TVM's Relax importer converts, from the checked-in table."""
+    lines = _CONVERTER_TABLE.read_text(encoding="utf-8").splitlines()
+    return frozenset(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+
+
 @functools.cache
 def converter_names() -> frozenset[str]:
     """Names (``"add.Tensor"``, ``"getitem"``) that TVM's importer or torch_rc's extras convert."""
     from torch_rc.backends.converters import EXTRA_CONVERTERS
 
-    importer = tvm_api().importer_cls()
-    return frozenset(importer.create_convert_map()) | frozenset(EXTRA_CONVERTERS)
+    return tvm_converter_names() | frozenset(EXTRA_CONVERTERS)
 
 
 def op_name(target: object) -> str:

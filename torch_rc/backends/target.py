@@ -20,20 +20,27 @@ __all__ = ["TargetInfo", "detect_target", "graph_device", "host_target_key"]
 
 @dataclass(frozen=True)
 class TargetInfo:
-    """A TVM target plus the facts about it that cache keys and reports need.
+    """The compile target and the facts about it that cache keys and reports need.
+
+    Creating one imports nothing from TVM: the ``tvm.target.Target`` is made on first use of
+    :attr:`target` (only a build needs it; a warm start that loads cached kernels does not).
 
     Attributes:
         kind: ``"cpu"`` (LLVM) for now; the CUDA path is added by the GPU work.
-        target: The ``tvm.target.Target``.
         num_threads: Threads TVM kernels may use.
-        description: One line for reports, e.g. ``llvm znver3, 2 threads``.
+        description: One line for reports, e.g. ``llvm, AMD EPYC 7B13 (AVX2), 2 threads``.
+        key: The cache key of this target (:func:`host_target_key`).
     """
 
     kind: str
-    target: Any
     num_threads: int
     description: str
-    key: str = ""
+    key: str
+
+    @functools.cached_property
+    def target(self) -> Any:
+        """The ``tvm.target.Target``: this host's real ``mcpu`` (so AVX2/AVX-512 are used)."""
+        return tvm_api().cpu_target(self.num_threads)
 
     def tvm_device(self) -> Any:
         """The TVM device executables for this target run on."""
@@ -84,14 +91,13 @@ def host_target_key(options: Options) -> str:
 
 
 def detect_target(options: Options) -> TargetInfo:
-    """The LLVM target of this host: real ``mcpu`` (so AVX2/AVX-512 are used) and thread count."""
-    api = tvm_api()
+    """The LLVM target of this host and its thread count (TVM is not imported here)."""
     threads = options.num_threads or torch.get_num_threads()
-    target = api.cpu_target(threads)
-    mcpu = str(target.attrs.get("mcpu", "generic"))
+    cpu = _cpu_identity().split(" flags:")[0]
+    isa = torch.backends.cpu.get_cpu_capability()
     return TargetInfo(
         kind="cpu",
-        target=target,
         num_threads=threads,
-        description=f"llvm {mcpu}, {threads} threads",
+        description=f"llvm, {cpu} ({isa}), {threads} threads",
+        key=host_target_key(options),
     )

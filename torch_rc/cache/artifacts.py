@@ -252,17 +252,6 @@ def export_library(executable: Any) -> bytes:
             return handle.read()
 
 
-def load_library(library: bytes) -> Any:
-    """Load a Relax executable from shared-library bytes written by :func:`export_library`."""
-    from torch_rc.tvm_shim import tvm_api
-
-    with tempfile.TemporaryDirectory(prefix="torch_rc_") as tmp:
-        path = os.path.join(tmp, "kernel.so")
-        with open(path, "wb") as handle:
-            handle.write(library)
-        return tvm_api().tvm.runtime.load_module(path)
-
-
 def options_dict(options: Any) -> dict[str, Any]:
     """Options as a plain dict for the artifact (the dataclass round-trips through it)."""
     return dataclasses.asdict(options)
