@@ -147,7 +147,12 @@ def artifact_key(
 
 
 def workload_key(prim_func: Any) -> str:
-    """Structural hash of a TIR function: independent of its name and variable names."""
-    from torch_rc.tvm_shim import tvm_api
+    """Structural hash of a TIR function: independent of its name and variable names.
 
-    return f"{tvm_api().tvm.ir.structural_hash(prim_func, map_free_vars=True):016x}"
+    The ``global_symbol`` attribute carries the name, so it is dropped before hashing.
+    """
+    import tvm_ffi
+
+    if hasattr(prim_func, "without_attr") and "global_symbol" in (prim_func.attrs or {}):
+        prim_func = prim_func.without_attr("global_symbol")
+    return f"{tvm_ffi.structural_hash(prim_func, map_free_vars=True) & (2**64 - 1):016x}"
