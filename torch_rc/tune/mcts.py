@@ -1,0 +1,248 @@
+"""A pure Monte Carlo tree search kernel over program states (the Reasoning Compiler's search).
+
+The kernel knows nothing of TVM: a state is any hashable value; a :class:`Proposer` turns a node
+(with its ancestors' states and scores) into candidate transformations; a :class:`CostModel`
+predicts a reward in [0, 1] for states; a measure function returns a real latency (or None for a
+failed candidate). Each round selects a leaf by UCT, expands it with up to ``branching`` proposals,
+scores them with the cost model and backpropagates; every ``measure_every`` expansions the most
+promising unmeasured states (plus an ``explore_fraction`` of random ones) are really measured, and
+those measurements replace the predictions in the tree (the paper's code only retrained the cost
+model with them) and retrain the cost model.
+
+Defaults follow the paper (Reasoning Compiler, arXiv 2506.01374): UCT exploration c = sqrt(2),
+branching factor B = 2, ~5% random measurements.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+__all__ = ["Proposal", "Context", "Proposer", "CostModel", "Node", "SearchResult", "search"]
+
+S = TypeVar("S", bound=Hashable)
+_EMPTY_EXPANSIONS_TO_EXHAUST = 3
+
+
+@dataclass(frozen=True)
+class Proposal(Generic[S]):
+    """A transformation a proposer suggests: its name, the state it leads to, and why."""
+
+    action: str
+    state: S
+    rationale: str = ""
+    source: str = "builtin"
+
+
+@dataclass(frozen=True)
+class Context(Generic[S]):
+    """What a proposer sees: the node's state and score, and its ancestors' (nearest first)."""
+
+    state: S
+    score: float
+    ancestors: tuple[tuple[S, float], ...]
+    actions: tuple[str, ...]
+
+
+class Proposer(Protocol[S]):
+    def propose(
+        self, context: Context[S], count: int, rng: random.Random
+    ) -> Sequence[Proposal[S]]: ...
+
+
+class CostModel(Protocol[S]):
+    """Predicts rewards on the scale measured rewards use: (best latency measured so far) /
+    (predicted latency of the state), so 1.0 means "as fast as the best seen" and above 1.0
+    "faster". MetaSchedule's XGBoost model is trained on exactly this (min_cost / cost)."""
+
+    def predict(self, states: Sequence[S]) -> list[float]: ...
+    def update(self, states: Sequence[S], latencies: Sequence[float | None]) -> None: ...
+
+
+@dataclass(slots=True)
+class Node(Generic[S]):
+    """One program state in the tree."""
+
+    state: S
+    parent: Node[S] | None = None
+    action: str = ""
+    source: str = ""
+    rationale: str = ""
+    children: list[Node[S]] = field(default_factory=list)
+    visits: int = 0
+    value_sum: float = 0.0
+    reward: float = 0.0  # predicted, replaced by the measured reward once measured
+    latency: float | None = None
+    measured: bool = False
+    failed: bool = False
+    exhausted: bool = False  # the proposer has nothing new for it or anything below it
+    empty_expansions: int = 0
+
+    @property
+    def value(self) -> float:
+        return self.value_sum / self.visits if self.visits else 0.0
+
+    def path(self) -> list[Node[S]]:
+        node: Node[S] | None = self
+        out = []
+        while node is not None:
+            out.append(node)
+            node = node.parent
+        return out[::-1]
+
+
+@dataclass
+class SearchResult(Generic[S]):
+    """Best measured state, and the best-latency-vs-samples curve."""
+
+    best: Node[S] | None
+    samples: int
+    curve: list[tuple[int, float]]
+    root: Node[S]
+    nodes: int
+
+
+def _uct(child: Node[S], parent_visits: int, exploration: float) -> float:
+    if child.visits == 0:
+        return math.inf
+    return child.value + exploration * math.sqrt(math.log(parent_visits) / child.visits)
+
+
+def _backpropagate(node: Node[S] | None, reward: float, visits: int = 1) -> None:
+    while node is not None:
+        node.visits += visits
+        node.value_sum += reward
+        node = node.parent
+
+
+def search(
+    root_state: S,
+    *,
+    proposer: Proposer[S],
+    cost_model: CostModel[S],
+    measure: Callable[[S], float | None],
+    budget: int,
+    rng: random.Random,
+    exploration: float = math.sqrt(2.0),
+    branching: int = 2,
+    measure_every: int = 4,
+    measure_batch: int = 2,
+    explore_fraction: float = 0.05,
+    context_depth: int = 2,
+    actions: tuple[str, ...] = (),
+    max_expansions: int | None = None,
+) -> SearchResult[S]:
+    """Search for a fast state, spending at most ``budget`` real measurements.
+
+    Args:
+        root_state: Where the search starts (measured first, as the baseline).
+        proposer: Suggests transformations of a node.
+        cost_model: Predicts rewards in [0, 1] (higher is faster) and learns from measurements.
+        measure: Real latency of a state in seconds, or None if it failed (build error, wrong
+            result); failures count as samples and get reward 0.
+        budget: Real measurements allowed (the sample count reported everywhere).
+        rng: Random generator (the search is deterministic given it and deterministic parts).
+        exploration: UCT constant c (paper: sqrt(2)).
+        branching: Children per expansion B (paper: 2, its most sample-efficient setting).
+        measure_every: Expansions between measurement batches.
+        measure_batch: States measured per batch.
+        explore_fraction: Share of each batch drawn at random instead of by prediction (paper ~5%).
+        context_depth: Ancestors shown to the proposer (paper: parent and grandparent = 2).
+        actions: Names of the legal actions, passed to the proposer.
+        max_expansions: Stop after this many expansions even if budget remains (default 50 x budget).
+    """
+    root: Node[S] = Node(root_state)
+    seen: dict[S, Node[S]] = {root_state: root}
+    curve: list[tuple[int, float]] = []
+    best: list[Node[S] | None] = [None]
+    samples = [0]
+    fastest = [math.inf]
+
+    measured: list[Node[S]] = []
+
+    def set_reward(node: Node[S], reward: float) -> None:
+        # Replace the node's own contribution; its ancestors' sums change by the same delta.
+        delta = reward - node.reward
+        node.reward = reward
+        if node.visits and delta:
+            _backpropagate(node, delta, visits=0)
+
+    def record(node: Node[S]) -> None:
+        latency = measure(node.state)
+        samples[0] += 1
+        node.measured = True
+        node.latency = latency
+        cost_model.update([node.state], [latency])
+        if latency is None or not math.isfinite(latency) or latency <= 0:
+            node.failed = True
+            set_reward(node, 0.0)
+        else:
+            measured.append(node)
+            if latency < fastest[0]:
+                fastest[0] = latency
+                best[0] = node
+                # Rewards are fastest / latency: a new best rescales every measured node.
+                for other in measured:
+                    set_reward(other, fastest[0] / other.latency)  # type: ignore[operator]
+            else:
+                set_reward(node, fastest[0] / latency)
+        if best[0] is not None and best[0].latency is not None:
+            curve.append((samples[0], best[0].latency))
+
+    record(root)
+    _backpropagate(root, root.reward)
+    expansions = 0
+    limit = max_expansions if max_expansions is not None else 50 * max(budget, 1)
+    while samples[0] < budget and expansions < limit:
+        leaf = root
+        while True:
+            open_children = [c for c in leaf.children if not c.exhausted]
+            if not open_children:
+                break  # a fresh leaf, or one whose subtree is used up: (re-)expand it
+            parent_visits = max(leaf.visits, 1)
+            leaf = max(open_children, key=lambda c, v=parent_visits: _uct(c, v, exploration))
+        ancestors = tuple((n.state, n.reward) for n in leaf.path()[-context_depth - 1 : -1][::-1])
+        context = Context(leaf.state, leaf.reward, ancestors, actions)
+        proposals = [p for p in proposer.propose(context, branching, rng) if p.state not in seen]
+        expansions += 1
+        if not proposals:
+            # Proposers (an LLM especially) may repeat themselves: give up on a node only after
+            # several expansions in a row brought nothing new.
+            leaf.empty_expansions += 1
+            leaf.exhausted = leaf.empty_expansions >= _EMPTY_EXPANSIONS_TO_EXHAUST
+            if root.exhausted:
+                break  # every reachable state is in the tree
+            continue
+        leaf.empty_expansions = 0
+        predictions = cost_model.predict([p.state for p in proposals])
+        for proposal, predicted in zip(proposals, predictions, strict=True):
+            child: Node[S] = Node(
+                proposal.state,
+                leaf,
+                proposal.action,
+                proposal.source,
+                proposal.rationale,
+                reward=float(predicted),
+            )
+            leaf.children.append(child)
+            seen[proposal.state] = child
+            _backpropagate(child, child.reward)
+        if expansions % measure_every == 0:
+            pending = [n for n in seen.values() if not n.measured]
+            pending.sort(key=lambda n: n.reward, reverse=True)
+            batch: list[Node[S]] = []
+            for _ in range(min(measure_batch, len(pending), budget - samples[0])):
+                pick = rng.randrange(len(pending)) if rng.random() < explore_fraction else 0
+                batch.append(pending.pop(pick))
+            for node in batch:
+                record(node)
+    # Whatever is still only predicted gets measured, best prediction first, while budget remains.
+    leftovers = sorted(
+        (n for n in seen.values() if not n.measured), key=lambda n: n.reward, reverse=True
+    )
+    for node in leftovers[: max(budget - samples[0], 0)]:
+        record(node)
+    return SearchResult(best[0], samples[0], curve, root, len(seen))
