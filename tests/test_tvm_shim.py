@@ -22,3 +22,31 @@ def test_missing_or_old_tvm_is_refused():
         check_versions("", "0.1.14.post0")
     with pytest.raises(TVMVersionError, match="found 0.20.0"):
         check_versions("0.20.0", "0.1.14.post0")
+
+
+def test_meta_schedule_context_without_every_targets_intrinsics():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time\n"
+        "from torch_rc.tvm_shim import tvm_api, prepare_meta_schedule\n"
+        "api = tvm_api(); prepare_meta_schedule('llvm')\n"
+        "te = api.tvm.te\n"
+        "a = te.placeholder((64, 64), name='A'); b = te.placeholder((64, 64), name='B')\n"
+        "k = te.reduce_axis((0, 64), name='k')\n"
+        "c = te.compute((64, 64), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name='C')\n"
+        "mod = api.tvm.IRModule({'main': te.create_prim_func([a, b, c])})\n"
+        "ms = api.s_tir.meta_schedule\n"
+        "ctx = ms.TuneContext(mod=mod, target=api.cpu_target(1), space_generator='post-order-apply',"
+        " search_strategy='evolutionary', task_name='mm', rand_state=1, num_threads=1)\n"
+        "spaces = ctx.space_generator.generate_design_space(mod)\n"
+        "print(len(spaces), 'tvm.s_tir.tensor_intrin.x86' in sys.modules,"
+        " 'tvm.s_tir.tensor_intrin.cuda' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    sketches, x86, cuda = result.stdout.split()
+    assert int(sketches) >= 1 and x86 == "True" and cuda == "False"
