@@ -18,7 +18,7 @@ def relax_pipeline(target: TargetInfo, options: Options) -> Any:
     tvm = tvm_api().tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    schedule = [default_schedule_pass(target.num_threads)] if options.schedule == "default" else []
+    schedule = [default_schedule_pass()] if options.schedule == "default" else []
 
     @tvm.transform.module_pass(opt_level=0, name="TorchRCPipeline")
     def _pipeline(mod: Any, _ctx: Any) -> Any:

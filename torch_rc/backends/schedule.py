@@ -35,7 +35,7 @@ def vector_bytes() -> int:
     return 16
 
 
-def default_schedule_pass(num_threads: int) -> Any:
+def default_schedule_pass() -> Any:
     """A module pass that gives every unscheduled PrimFunc the default CPU schedule."""
     api = tvm_api()
     dlight = api.s_tir.dlight
