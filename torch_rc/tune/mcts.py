@@ -134,6 +134,7 @@ def search(
     context_depth: int = 2,
     actions: tuple[str, ...] = (),
     max_expansions: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SearchResult[S]:
     """Search for a fast state, spending at most ``budget`` real measurements.
 
@@ -153,6 +154,7 @@ def search(
         context_depth: Ancestors shown to the proposer (paper: parent and grandparent = 2).
         actions: Names of the legal actions, passed to the proposer.
         max_expansions: Stop after this many expansions even if budget remains (default 50 x budget).
+        should_stop: Polled every round; True ends the search early (a wall-clock limit).
     """
     root: Node[S] = Node(root_state)
     seen: dict[S, Node[S]] = {root_state: root}
@@ -196,7 +198,8 @@ def search(
     _backpropagate(root, root.reward)
     expansions = 0
     limit = max_expansions if max_expansions is not None else 50 * max(budget, 1)
-    while samples[0] < budget and expansions < limit:
+    stop = should_stop or (lambda: False)
+    while samples[0] < budget and expansions < limit and not stop():
         leaf = root
         while True:
             open_children = [c for c in leaf.children if not c.exhausted]
@@ -244,5 +247,7 @@ def search(
         (n for n in seen.values() if not n.measured), key=lambda n: n.reward, reverse=True
     )
     for node in leftovers[: max(budget - samples[0], 0)]:
+        if stop():
+            break
         record(node)
     return SearchResult(best[0], samples[0], curve, root, len(seen))

@@ -78,9 +78,10 @@ class Measurer:
             self._references[key] = (arrays, want)
         return self._references[key]
 
-    def measure(self, reference_mod: Any, candidate_mod: Any) -> Measurement:
-        """Measure ``candidate_mod`` (a scheduled version of ``reference_mod``)."""
-        self.count += 1
+    def measure(self, reference_mod: Any, candidate_mod: Any, *, count: bool = True) -> Measurement:
+        """Measure ``candidate_mod`` (a scheduled version of ``reference_mod``); ``count=False``
+        for baselines that are not tuning samples (the untuned function)."""
+        self.count += int(count)
         arrays, want = self._reference(reference_mod)
         start = time.perf_counter()
         try:

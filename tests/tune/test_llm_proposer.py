@@ -1,0 +1,112 @@
+"""The LLM proposer: validation and fallback on scripted answers, and the real local model."""
+
+import json
+import random
+
+import pytest
+
+from tests.tune.scripted_endpoint import scripted_endpoint
+from tests.tune.workloads import matmul
+from torch_rc.tune.hardware import host_hardware
+from torch_rc.tune.llm_client import LLMClient, LLMConfig
+from torch_rc.tune.llm_proposer import LLMProposer, parse_answer
+from torch_rc.tune.mcts import Context
+from torch_rc.tune.space import DesignSpace
+from torch_rc.tvm_shim import tvm_api
+
+
+@pytest.fixture(scope="module")
+def space():
+    return DesignSpace(matmul(64, 128, 128), tvm_api().cpu_target(2), seed=1)
+
+
+def _context(space):
+    state = space.initial_states()[0]
+    parent = space.initial_states()[1]
+    return Context(state, 0.4, ((parent, 0.3),), space.actions)
+
+
+def test_parse_answer_finds_json_in_text():
+    assert parse_answer('{"a": 1}') == {"a": 1}
+    assert parse_answer('Let me think.\n```json\n{"a": 2}\n```') == {"a": 2}
+    assert parse_answer('reasoning... {"a": 3} done') == {"a": 3}
+    assert parse_answer("no json here") is None
+
+
+def test_prompt_carries_hardware_ir_decisions_ancestors_and_actions(space):
+    proposer = LLMProposer(
+        space, host_hardware(), LLMClient(LLMConfig(base_url="http://127.0.0.1:9/v1"))
+    )
+    text = proposer.prompt(_context(space), 2)[1]["content"]
+    for expected in (
+        "fp32 lanes",
+        "T.prim_func",
+        "reduction loop C.k",
+        "predicted score 0.400",
+        "parent: sketch 1, score 0.300",
+        '"set"',
+        "mutate_tile_size",
+    ):
+        assert expected in text
+    schema = proposer.schema(2)
+    assert schema["properties"]["proposals"]["items"]["properties"]["action"]["enum"][0] == "set"
+
+
+def test_valid_answers_are_used_and_invalid_ones_fall_back_and_are_counted(space):
+    context = _context(space)
+    j = next(d for d in space.decisions[0] if d.loop == "j")
+    good = {
+        "action": "set",
+        "decision": f"d{j.index}",
+        "value": [4, 4, 1, 8],
+        "why": "8 fp32 lanes",
+    }
+    bad_range = {"action": "set", "decision": f"d{j.index}", "value": [3, 3, 3, 3]}
+    bad_action = {"action": "make_it_fast"}
+    answers = [
+        json.dumps({"reasoning": "vectorise j", "proposals": [good, bad_range]}),
+        json.dumps({"reasoning": "x", "proposals": [bad_action]}),
+        "I cannot answer in JSON, sorry",
+    ]
+    with scripted_endpoint([("ok", a) for a in answers]) as (url, _):
+        client = LLMClient(LLMConfig(base_url=url, model="scripted"))
+        client.dialect = "json_object_schema"
+        proposer = LLMProposer(space, host_hardware(), client)
+        first = proposer.propose(context, 2, random.Random(0))
+        second = proposer.propose(context, 2, random.Random(1))
+        third = proposer.propose(context, 2, random.Random(2))
+    assert first[0].source == "llm:scripted" and first[0].state.value(j.index) == (4, 4, 1, 8)
+    assert first[0].rationale == "8 fp32 lanes"
+    assert first[1].source == "builtin"
+    assert all(p.source == "builtin" for p in second + third) and len(third) == 2
+    stats = proposer.stats()
+    assert stats["accepted"] == 1 and stats["invalid"] == 2 and stats["unparsable_answers"] == 1
+    assert stats["fallbacks"] == 5 and stats["fallback_rate"] == round(5 / 6, 3)
+
+
+def test_dead_endpoint_falls_back_to_the_builtin_proposer(space):
+    client = LLMClient(LLMConfig(base_url="http://127.0.0.1:9/v1", model="gone"))
+    proposer = LLMProposer(space, host_hardware(), client)
+    proposals = proposer.propose(_context(space), 2, random.Random(0))
+    assert len(proposals) == 2 and all(p.source == "builtin" for p in proposals)
+    assert proposer.stats()["failed_calls"] == 1 and proposer.stats()["errors"] == {
+        "unreachable": 1
+    }
+
+
+@pytest.mark.parametrize("mode", ["values", "mutators"])
+def test_real_local_model_answers_are_parsed_and_validated(space, llm_url, mode):
+    client = LLMClient(LLMConfig(base_url=llm_url, model="gemma-3-270m", mode=mode, max_tokens=256))
+    proposer = LLMProposer(space, host_hardware(), client)
+    proposals = []
+    for seed in range(2):
+        proposals += proposer.propose(_context(space), 2, random.Random(seed))
+    stats = proposer.stats()
+    # The endpoint was reached, answered in a negotiated structured dialect, and every answer was
+    # parsed (the small model's proposals may still be invalid: those are counted and replaced).
+    assert stats["calls"] == 2 and stats["failed_calls"] == 0 and stats["errors"] == {}
+    assert stats["dialect"] == "json_object_schema"
+    assert stats["unparsable_answers"] == 0
+    assert stats["completion_tokens"] > 0 and stats["prompt_tokens"] > 500
+    assert stats["accepted"] + stats["fallbacks"] == 4 and len(proposals) == 4
+    assert all(space.legal(p.state) for p in proposals)

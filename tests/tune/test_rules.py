@@ -1,0 +1,45 @@
+"""The built-in proposer's rules and proposals."""
+
+import random
+
+from tests.tune.workloads import matmul
+from torch_rc.tune.hardware import Hardware, host_hardware
+from torch_rc.tune.mcts import Context
+from torch_rc.tune.rules import RuleProposer, rule_score
+from torch_rc.tune.space import DesignSpace
+from torch_rc.tvm_shim import tvm_api
+
+AVX2 = Hardware("test", 4, 32, 16, 32 * 1024, 512 * 1024, 8 * 1024**2, "AVX2")
+
+
+def test_host_hardware_is_read_from_the_machine():
+    hw = host_hardware()
+    assert hw.cores >= 1 and hw.vector_bytes in (16, 32, 64) and hw.l1_bytes > 0
+    assert "fp32 lanes" in hw.describe()
+
+
+def test_rules_prefer_vector_width_tiles_and_parallel_outer_loops():
+    space = DesignSpace(matmul(64, 128, 128), tvm_api().cpu_target(2), seed=1)
+    state = space.initial_states()[0]
+    i, j, k = (d.index for d in space.decisions[0] if d.kind == "tile")
+    good = space.set_decision(space.set_decision(state, j, [8, 2, 1, 8]), i, [8, 1, 2, 4])
+    scalar = space.set_decision(good, j, [16, 2, 4, 1])
+    serial = space.set_decision(good, i, [1, 1, 16, 4])
+    serial = space.set_decision(serial, j, [1, 1, 16, 8])
+    score, parts = rule_score(space, good, AVX2)
+    assert parts["vectorise"] == 1.0 and parts["parallel"] == 1.0
+    assert rule_score(space, scalar, AVX2)[0] < score
+    assert rule_score(space, serial, AVX2)[1]["parallel"] < 1.0
+
+
+def test_proposals_are_legal_new_labeled_and_improve_the_rules_score():
+    space = DesignSpace(matmul(64, 128, 128), tvm_api().cpu_target(2), seed=1)
+    proposer = RuleProposer(space, AVX2)
+    state = space.initial_states()[0]
+    proposals = proposer.propose(Context(state, 0.5, (), space.actions), 2, random.Random(0))
+    assert len(proposals) == 2
+    assert all(
+        p.source == "builtin" and p.state != state and space.legal(p.state) for p in proposals
+    )
+    assert rule_score(space, proposals[0].state, AVX2)[0] > rule_score(space, state, AVX2)[0]
+    assert "rules score" in proposals[0].rationale

@@ -1,0 +1,210 @@
+"""A chat client for any OpenAI-compatible endpoint, built on the ``openai`` package.
+
+Endpoints disagree on structured output (docs/llm-facts.md): OpenAI and vLLM take
+``response_format={"type": "json_schema", ...}``, llama.cpp's server rejects that with an HTTP 500
+and takes ``{"type": "json_object", "schema": ...}``, others only ``{"type": "json_object"}`` or
+nothing. The client negotiates: it tries those dialects in that order on the first call, remembers
+the first one that works, and the caller always parses JSON out of the text as well.
+
+Faults never raise to the tuner: a timeout, a dead endpoint, a 4xx, or a 429/5xx that persists
+after ``retries`` backoffs returns a :class:`Reply` with ``error`` set. Tokens and wall time are
+accounted per call. The API key is held by the ``openai`` client only and never logged, printed or
+stored (``LLMConfig``'s repr masks it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["LLMConfig", "LLMClient", "Reply", "DIALECTS"]
+
+logger = logging.getLogger(__name__)
+
+DIALECTS = ("json_schema", "json_object_schema", "json_object", "text")
+_MAX_BACKOFF_S = 20.0
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """Where and how to ask a model.
+
+    Attributes:
+        base_url: The endpoint, e.g. ``http://127.0.0.1:8080/v1`` (empty: OpenAI's).
+        model: Model name sent with each request.
+        api_key: Secret; masked in repr, never logged or stored.
+        timeout_s: Per-request timeout.
+        retries: Backoff retries on 429 and 5xx.
+        max_tokens: Completion budget per call.
+        temperature: Sampling temperature.
+        mode: ``"values"`` (the model picks actions and concrete values) or ``"mutators"`` (only
+            mutator types; TVM draws the values, as in the paper's code).
+        ir_chars: The scheduled TIR in the prompt is trimmed to this many characters.
+    """
+
+    base_url: str = ""
+    model: str = "gpt-4o-mini"
+    api_key: str = field(default="", repr=False)
+    timeout_s: float = 60.0
+    retries: int = 2
+    max_tokens: int = 512
+    temperature: float = 0.7
+    mode: str = "values"
+    ir_chars: int = 2500
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("values", "mutators"):
+            raise ValueError(f"llm mode must be 'values' or 'mutators'; got {self.mode!r}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"llm timeout_s must be positive; got {self.timeout_s}")
+
+
+@dataclass
+class Reply:
+    """One chat call's outcome."""
+
+    text: str = ""
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    dialect: str = ""
+
+
+class LLMClient:
+    """Chat completions with dialect negotiation, backoff and accounting.
+
+    Args:
+        config: The endpoint and model.
+        client: An ``openai.OpenAI`` instance (made from ``config`` when None).
+        sleep: The backoff sleeper (tests pass a recorder).
+    """
+
+    def __init__(self, config: LLMConfig, client: Any = None, sleep: Any = time.sleep) -> None:
+        import openai
+
+        self.config = config
+        self._openai = openai
+        self.client = client or openai.OpenAI(
+            base_url=config.base_url or None,
+            api_key=config.api_key or "not-needed",
+            timeout=config.timeout_s,
+            max_retries=0,  # backoff is ours, so it is counted and bounded
+        )
+        self.sleep = sleep
+        self.dialect: str | None = None
+        self.calls = 0
+        self.errors: dict[str, int] = {}
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.seconds = 0.0
+
+    def _format(self, dialect: str, schema: dict[str, Any]) -> dict[str, Any] | None:
+        if dialect == "json_schema":
+            return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+        if dialect == "json_object_schema":
+            return {"type": "json_object", "schema": schema}
+        if dialect == "json_object":
+            return {"type": "json_object"}
+        return None
+
+    def _count(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def chat(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> Reply:
+        """Ask once (negotiating and retrying as the module docstring says); never raises."""
+        openai = self._openai
+        self.calls += 1
+        start = time.monotonic()
+        dialects = [self.dialect] if self.dialect else list(DIALECTS)
+        attempt = 0
+        reply = Reply(error="no dialect accepted")
+        while dialects:
+            dialect = dialects[0]
+            kwargs: dict[str, Any] = {
+                "model": self.config.model,
+                "messages": messages,
+                "max_tokens": self.config.max_tokens,
+                "temperature": self.config.temperature,
+            }
+            response_format = self._format(dialect, schema)
+            if response_format is not None:
+                kwargs["response_format"] = response_format
+            try:
+                response = self.client.chat.completions.create(**kwargs)
+            except (openai.RateLimitError, openai.InternalServerError) as exc:
+                status = getattr(exc, "status_code", 0)
+                if self.dialect is None and status >= 500 and len(dialects) > 1:
+                    dialects.pop(0)  # llama.cpp answers an unknown response_format with a 500
+                    continue
+                self._count("rate_limited" if status == 429 else "server_error")
+                if attempt >= self.config.retries:
+                    reply = Reply(error=f"HTTP {status} after {attempt + 1} tries")
+                    break
+                self.sleep(self._backoff(exc, attempt))
+                attempt += 1
+                continue
+            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+                if self.dialect is None and len(dialects) > 1:
+                    dialects.pop(0)
+                    continue
+                self._count("rejected")
+                reply = Reply(error=f"request rejected: HTTP {getattr(exc, 'status_code', '?')}")
+                break
+            except openai.APITimeoutError:
+                self._count("timeout")
+                reply = Reply(error=f"timed out after {self.config.timeout_s:g} s")
+                break
+            except openai.APIConnectionError as exc:
+                self._count("unreachable")
+                reply = Reply(error=f"endpoint unreachable: {type(exc).__name__}")
+                break
+            except openai.APIStatusError as exc:  # 401, 403, 404, ...: not worth retrying
+                self._count(f"http_{exc.status_code}")
+                reply = Reply(error=f"HTTP {exc.status_code}")
+                break
+            except Exception as exc:  # a malformed response body and other client-side surprises
+                self._count("bad_response")
+                reply = Reply(error=f"bad response: {type(exc).__name__}")
+                break
+            self.dialect = dialect
+            usage = getattr(response, "usage", None)
+            choices = getattr(response, "choices", None) or []
+            text = (choices[0].message.content or "") if choices else ""
+            reply = Reply(
+                text=text,
+                prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+                dialect=dialect,
+                error=None if choices else "empty response",
+            )
+            break
+        reply.seconds = time.monotonic() - start
+        self.prompt_tokens += reply.prompt_tokens
+        self.completion_tokens += reply.completion_tokens
+        self.seconds += reply.seconds
+        if reply.error:
+            logger.info("torch_rc: LLM call to %s failed: %s", self.config.model, reply.error)
+        return reply
+
+    def _backoff(self, exc: Any, attempt: int) -> float:
+        retry_after = None
+        try:
+            retry_after = float(exc.response.headers.get("retry-after"))
+        except (AttributeError, TypeError, ValueError):
+            pass
+        delay = retry_after if retry_after is not None else 0.5 * 2**attempt
+        return min(max(delay, 0.0), _MAX_BACKOFF_S)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "model": self.config.model,
+            "calls": self.calls,
+            "errors": dict(self.errors),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "llm_seconds": round(self.seconds, 3),
+            "dialect": self.dialect,
+        }
