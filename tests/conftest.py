@@ -35,7 +35,7 @@ def redis_url(redis_server):
 @pytest.fixture(scope="session")
 def llm_url():
     """A real llama.cpp server with Gemma 3 270M on 127.0.0.1 (the ``test`` extra installs both)."""
-    from tests.tune.llama_server import llama_server
+    from tests.tuning.llama_server import llama_server
 
     with llama_server() as url:
         yield url

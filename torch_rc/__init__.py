@@ -16,12 +16,16 @@ from torch_rc.errors import (
 )
 from torch_rc.explain import CoverageReport, explain
 from torch_rc.options import Options
+from torch_rc.tuning.api import TuneReport, tune, tune_tir
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Options",
     "explain",
+    "tune",
+    "tune_tir",
+    "TuneReport",
     "CoverageReport",
     "TorchRCError",
     "OptionsError",

@@ -15,12 +15,37 @@ from typing import Any, Literal, get_args, get_origin
 
 from torch_rc.errors import OptionsError
 
-__all__ = ["Options", "MODE_PRESETS", "ENV_PREFIX"]
+__all__ = ["Options", "MODE_PRESETS", "ENV_PREFIX", "TUNING_OPTIONS", "SECRET_OPTIONS"]
 
 ENV_PREFIX = "TORCH_RC_"
 
 Select = Literal["measure", "tvm", "torch"]
 Schedule = Literal["default", "none"]
+Tune = Literal["auto", "never"]
+TuneMethod = Literal["mcts", "evolutionary"]
+LLMMode = Literal["values", "mutators"]
+
+# Options that steer tuning but not what a graph computes: left out of cache keys (tuned records
+# are keyed by workload and target instead). The API key is never stored anywhere.
+TUNING_OPTIONS = frozenset(
+    {
+        "trials",
+        "tune_time_s",
+        "tune_total_s",
+        "tune",
+        "tune_method",
+        "tune_branching",
+        "tune_context_depth",
+        "tune_seed",
+        "progress",
+        "llm_base_url",
+        "llm_model",
+        "llm_api_key",
+        "llm_mode",
+        "llm_timeout_s",
+    }
+)
+SECRET_OPTIONS = frozenset({"llm_api_key"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +76,26 @@ class Options:
             (``~/.cache/torch_rc`` on Linux).
         cache_url: A shared cache server for a fleet, ``redis://host:port/db``; empty uses the
             SQLite file in ``cache_dir``. An unreachable server means compiling without a cache.
+        trials: Real measurements to spend tuning each graph's kernels (split across its kernels
+            by their estimated FLOPs). 0 (the default) tunes nothing: compiles stay fast, kernels
+            get default schedules or the tuned records already in the cache. ``mode="max-autotune"``
+            sets 256.
+        tune_time_s: Wall-clock limit of tuning one graph (0: only ``trials`` bounds it).
+        tune_total_s: Wall-clock limit of all tuning in this process (0: none).
+        tune: ``"auto"`` tunes when ``trials`` > 0; ``"never"`` never tunes and never calls an LLM,
+            only uses the cache and default schedules (what a serving replica wants).
+        tune_method: ``"mcts"`` (the Reasoning Compiler search) or ``"evolutionary"`` (MetaSchedule's).
+        tune_branching: MCTS branching factor B (children per expansion; paper: 2).
+        tune_context_depth: Ancestors shown to the proposer (paper: parent and grandparent = 2).
+        tune_seed: Seed of the search.
+        progress: Show a progress display while tuning.
+        llm_base_url: OpenAI-compatible endpoint of the LLM proposer (``OPENAI_BASE_URL`` if
+            unset). With neither this nor ``llm_model`` set, the built-in rules propose.
+        llm_model: Model name (``gpt-4o-mini`` when only a URL is given).
+        llm_api_key: API key (``OPENAI_API_KEY`` if unset); never logged, stored or keyed.
+        llm_mode: ``"values"`` (the LLM picks concrete tile sizes etc.) or ``"mutators"`` (only
+            mutator types; TVM picks values, as in the paper's code).
+        llm_timeout_s: Per-request timeout of LLM calls.
     """
 
     strict: bool = False
@@ -66,6 +111,20 @@ class Options:
     cache: bool = True
     cache_dir: str = ""
     cache_url: str = ""
+    trials: int = 0
+    tune_time_s: float = 0.0
+    tune_total_s: float = 0.0
+    tune: Tune = "auto"
+    tune_method: TuneMethod = "mcts"
+    tune_branching: int = 2
+    tune_context_depth: int = 2
+    tune_seed: int = 0
+    progress: bool = True
+    llm_base_url: str = ""
+    llm_model: str = ""
+    llm_api_key: str = dataclasses.field(default="", repr=False)
+    llm_mode: LLMMode = "values"
+    llm_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -85,6 +144,22 @@ class Options:
             )
         if self.rtol < 0 or self.atol < 0:
             raise OptionsError("options 'rtol' and 'atol' must be >= 0")
+        for name in ("trials", "tune_time_s", "tune_total_s", "tune_context_depth"):
+            if getattr(self, name) < 0:
+                raise OptionsError(f"option {name!r} must be >= 0, got {getattr(self, name)}")
+        if self.tune_branching < 1:
+            raise OptionsError(f"option 'tune_branching' must be >= 1, got {self.tune_branching}")
+        if self.llm_timeout_s <= 0:
+            raise OptionsError(f"option 'llm_timeout_s' must be > 0, got {self.llm_timeout_s}")
+
+    @property
+    def tuning(self) -> bool:
+        """Whether compiles with these options tune."""
+        return self.tune == "auto" and self.trials > 0
+
+    @property
+    def llm_enabled(self) -> bool:
+        return self.tune != "never" and bool(self.llm_base_url or self.llm_model)
 
     @classmethod
     def resolve(
@@ -111,8 +186,18 @@ class Options:
                 f"known modes: {', '.join(sorted(MODE_PRESETS))}"
             )
         merged: dict[str, Any] = dict(MODE_PRESETS[mode])
-        merged.update(_from_environ(os.environ if environ is None else environ))
+        env = os.environ if environ is None else environ
+        # The openai client's own variables, as fallbacks for the LLM endpoint and key.
+        for name, key in (("OPENAI_BASE_URL", "llm_base_url"), ("OPENAI_API_KEY", "llm_api_key")):
+            if env.get(name):
+                merged[key] = env[name]
+        merged.update(_from_environ(env))
         for key, value in (options or {}).items():
+            if key == "llm" and isinstance(value, Mapping):
+                # options={"llm": {"base_url": ..., "model": ..., "api_key": ...}}
+                for sub, sub_value in value.items():
+                    merged[_check_key(f"llm_{sub}", "torch.compile option llm.")] = sub_value
+                continue
             merged[_check_key(key, "torch.compile option")] = value
         return cls(**merged)
 
@@ -137,12 +222,12 @@ class Options:
         return dataclasses.replace(self, **changes)
 
 
-# mode= of torch.compile -> option presets. Tuning budgets join these when the tuner lands.
+# mode= of torch.compile -> option presets. max-autotune tunes (bounded by trials and time).
 MODE_PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "reduce-overhead": {"min_partition_size": 4},
-    "max-autotune": {},
-    "max-autotune-no-cudagraphs": {},
+    "max-autotune": {"trials": 256, "tune_time_s": 900.0},
+    "max-autotune-no-cudagraphs": {"trials": 256, "tune_time_s": 900.0},
 }
 
 
@@ -209,6 +294,9 @@ def _resolve_annotation(annotation: Any) -> Any:
         "str": str,
         "Select": get_args(Select),
         "Schedule": get_args(Schedule),
+        "Tune": get_args(Tune),
+        "TuneMethod": get_args(TuneMethod),
+        "LLMMode": get_args(LLMMode),
     }
     if isinstance(annotation, str):
         return table.get(annotation, annotation)

@@ -13,12 +13,15 @@ from torch_rc.tvm_shim import tvm_api
 __all__ = ["build_executable", "relax_pipeline"]
 
 
-def relax_pipeline(target: TargetInfo, options: Options) -> Any:
-    """TVM's CPU pipeline with torch_rc's default schedules inserted after operator fusion."""
+def relax_pipeline(target: TargetInfo, options: Options, tuned: bool = False) -> Any:
+    """TVM's CPU pipeline with schedules inserted after operator fusion: tuned records from the
+    current MetaSchedule database first (``tuned``), torch_rc's default schedules for the rest."""
     tvm = tvm_api().tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     schedule = [default_schedule_pass()] if options.schedule == "default" else []
+    if tuned:
+        schedule = [tvm.relax.transform.MetaScheduleApplyDatabase()] + schedule
 
     @tvm.transform.module_pass(opt_level=0, name="TorchRCPipeline")
     def _pipeline(mod: Any, _ctx: Any) -> Any:
@@ -35,14 +38,19 @@ def relax_pipeline(target: TargetInfo, options: Options) -> Any:
     return _pipeline
 
 
-def build_executable(mod: Any, target: TargetInfo, options: Options) -> Any:
-    """Build ``mod`` into a Relax VM executable.
+def build_executable(mod: Any, target: TargetInfo, options: Options, database: Any = None) -> Any:
+    """Build ``mod`` into a Relax VM executable, using ``database``'s tuned records if given.
 
     Raises:
         BuildError: TVM failed to legalize, schedule or generate code for the module.
     """
     api = tvm_api()
     try:
+        if database is not None:
+            with target.target, database:
+                return api.tvm.compile(
+                    mod, target.target, relax_pipeline=relax_pipeline(target, options, tuned=True)
+                )
         return api.tvm.compile(mod, target.target, relax_pipeline=relax_pipeline(target, options))
     except Exception as exc:  # TVMError and friends: reported as a build failure of this partition
         raise BuildError(

@@ -59,6 +59,8 @@ class GraphReport:
     eager_ms: float | None = None
     compiled_ms: float | None = None
     cache: str = "off"
+    tuning: Any = None  # the TuningRun when this compile tuned
+    tuned_kernels: int = 0  # kernels built from tuned records in the cache
 
     @property
     def lowered_ops(self) -> int:
@@ -103,6 +105,23 @@ def compile_aten_graph(
     report.fallbacks.extend(result.fallbacks)
     parent = result.graph_module
     calls = {str(node.target): node for node in parent.graph.nodes if node.op == "call_module"}
+    database = tuning_database(options, target)
+    lowered: dict[str, Any] = {}
+    if options.tuning and result.partitions:
+        for name in result.partitions:
+            if (decisions or {}).get(name) in ("torch", "failed") or name in (prebuilt or {}):
+                continue
+            try:
+                lowered[name] = lower_partition(getattr(parent, name), _input_values(calls[name]))
+            except LoweringError:
+                continue  # reported (or raised with strict) when the partition is built below
+        if lowered:
+            from torch_rc.tuning.session import tune_modules
+
+            run = tune_modules(
+                [low.mod for low in lowered.values()], target.target, target.key, options, database
+            )
+            report.tuning = run
     for name in result.partitions:
         sub = getattr(parent, name)
         part = PartitionReport(name=name, num_ops=result.partition_ops[name], ops=_op_counts(sub))
@@ -116,11 +135,15 @@ def compile_aten_graph(
         blob = (prebuilt or {}).get(name)
         kernel = _load_kernel(blob, calls[name], part) if blob is not None else None
         if kernel is None:
-            kernel = _build_kernel(sub, calls[name], target, options, part)
+            kernel = _build_kernel(
+                sub, calls[name], target, options, part, database, lowered.get(name)
+            )
         if kernel is not None and kernels is not None:
             kernels[name] = kernel
         setattr(parent, name, SelectingPartition(sub, kernel, part, options, preset))
     parent.recompile()
+    if database is not None:
+        report.tuned_kernels = len(database.served)
     report.compile_s += time.perf_counter() - start
     logger.info(
         "torch_rc graph %d: %d/%d ops in %d TVM partitions, %d fallbacks, built in %.2fs",
@@ -140,10 +163,12 @@ def _build_kernel(
     target: TargetInfo,
     options: Options,
     part: PartitionReport,
+    database: Any = None,
+    lowered: Any = None,
 ) -> TVMKernel | None:
     try:
-        lowered = lower_partition(sub, _input_values(call))
-        executable = build_executable(lowered.mod, target, options)
+        lowered = lowered or lower_partition(sub, _input_values(call))
+        executable = build_executable(lowered.mod, target, options, database)
         return TVMKernel.from_executable(
             executable,
             target.tvm_device(),
@@ -159,6 +184,25 @@ def _build_kernel(
         part.reason = str(exc)
         logger.warning("torch_rc: %s runs in PyTorch: %s", part.name, exc)
         return None
+
+
+def tuning_database(options: Options, target: TargetInfo) -> Any:
+    """The store as a MetaSchedule database for ``target``, when the cache holds tuned records
+    (or this compile tunes); None otherwise, so untuned compiles never import MetaSchedule."""
+    if not options.cache or target.kind != "cpu":
+        return None
+    from torch_rc.cache.store import open_store
+
+    store = open_store(options.store_location())
+    if store is None:
+        return None
+    if not options.tuning and not store.stats().get("records", 0):
+        return None
+    from torch_rc.cache.ms_database import make_database
+    from torch_rc.tvm_shim import prepare_meta_schedule
+
+    prepare_meta_schedule("llvm")
+    return make_database(store, target.key)
 
 
 def _input_values(call: torch.fx.Node) -> list[object]:

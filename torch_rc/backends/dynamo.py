@@ -23,7 +23,7 @@ from torch_rc.cache.artifacts import CompiledGraph, KernelBlob, options_dict, st
 from torch_rc.cache.interface import TuningStore
 from torch_rc.cache.keys import artifact_key
 from torch_rc.cache.store import open_store
-from torch_rc.options import Options
+from torch_rc.options import TUNING_OPTIONS, Options
 
 __all__ = ["reasoning", "compile_graph"]
 
@@ -99,11 +99,15 @@ def _compile_cached(
     made them.
     """
     key_options = {
-        k: v for k, v in options_dict(options).items() if k not in ("cache", "cache_dir")
+        k: v
+        for k, v in options_dict(options).items()
+        if k not in ("cache", "cache_dir") and k not in TUNING_OPTIONS
     }
     details = artifact_key(gm, example, key_options, host_target_key(options))
     with store.lock(details.key):
-        hit = store.get_artifact(details)
+        # A compile that tunes rebuilds with its new records (and then replaces the artifact);
+        # kernels tuned before are found in the store and not tuned again.
+        hit = None if options.tuning else store.get_artifact(details)
         blobs: Mapping[str, KernelBlob] | None = None
         if hit is not None:
             # A graph that runs as the original needs no kernels: do not even unpickle them.

@@ -253,5 +253,8 @@ def export_library(executable: Any) -> bytes:
 
 
 def options_dict(options: Any) -> dict[str, Any]:
-    """Options as a plain dict for the artifact (the dataclass round-trips through it)."""
-    return dataclasses.asdict(options)
+    """Options as a plain dict for the artifact (the dataclass round-trips through it); secrets
+    (the LLM API key) are never included."""
+    from torch_rc.options import SECRET_OPTIONS
+
+    return {k: v for k, v in dataclasses.asdict(options).items() if k not in SECRET_OPTIONS}

@@ -43,6 +43,7 @@ def make_database(store: TuningStore, target_key: str) -> Any:
             super().__init__()
             self.workloads: dict[str, Any] = {}
             self.pending: dict[str, list[Any]] = {}
+            self.served: set[str] = set()  # workloads a build took a stored record for
 
         def _key(self, mod: Any) -> str:
             return workload_key(mod["main"] if hasattr(mod, "functions_items") else mod)
@@ -72,9 +73,10 @@ def make_database(store: TuningStore, target_key: str) -> Any:
 
         def get_top_k(self, workload: Any, top_k: int) -> list[Any]:
             key = self._key(workload.mod)
-            candidates = self._stored(key, workload, top_k) + [
-                r for r in self.pending.get(key, []) if r.run_secs
-            ]
+            stored = self._stored(key, workload, top_k)
+            if stored:
+                self.served.add(key)
+            candidates = stored + [r for r in self.pending.get(key, []) if r.run_secs]
             return sorted(candidates, key=_seconds)[:top_k]
 
         def get_all_tuning_records(self) -> list[Any]:
@@ -86,12 +88,13 @@ def make_database(store: TuningStore, target_key: str) -> Any:
         def __len__(self) -> int:
             return len(self.get_all_tuning_records())
 
-        def promote(self, record: Any, check: Check, **provenance: Any) -> int:
-            """Persist a measured record that passed ``check`` (CacheError if it did not)."""
+        def promote(self, record: Any, check: Check, *, key: str = "", **provenance: Any) -> int:
+            """Persist a measured record that passed ``check`` (CacheError if it did not);
+            ``key`` overrides the workload key computed from the record's module."""
             run_secs = [float(s) for s in (record.run_secs or [])]
             return store.put_record(
                 TuningRecord(
-                    workload_key=self._key(record.workload.mod),
+                    workload_key=key or self._key(record.workload.mod),
                     target_key=target_key,
                     trace=json.dumps(record.as_json()),
                     latency_s=_seconds(record),

@@ -3,8 +3,8 @@ as values and never get a latency."""
 
 import pytest
 
-from torch_rc.tune.measure import Measurer
-from torch_rc.tune.verify import check_schedule
+from torch_rc.tuning.measure import Measurer
+from torch_rc.tuning.verify import check_schedule
 from torch_rc.tvm_shim import tvm_api
 
 

@@ -2,9 +2,9 @@
 
 import pytest
 
-from tests.tune.workloads import matmul
-from torch_rc.tune.space import DesignSpace
-from torch_rc.tune.verify import check_schedule
+from tests.tuning.workloads import matmul
+from torch_rc.tuning.space import DesignSpace
+from torch_rc.tuning.verify import check_schedule
 from torch_rc.tvm_shim import tvm_api
 
 

@@ -22,9 +22,9 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from torch_rc.tune.hardware import Hardware
-from torch_rc.tune.mcts import Context, Proposal
-from torch_rc.tune.space import Decision, DesignSpace, ScheduleState
+from torch_rc.tuning.hardware import Hardware
+from torch_rc.tuning.mcts import Context, Proposal
+from torch_rc.tuning.space import Decision, DesignSpace, ScheduleState
 
 __all__ = ["RuleProposer", "rule_score"]
 
@@ -118,6 +118,9 @@ class RuleProposer:
         self.space = space
         self.hardware = hardware
         self.temperature = temperature
+        # The search's learned cost model (set by the tuner): once trained on real measurements,
+        # it ranks the candidate moves instead of the rules.
+        self.model: Any = None
 
     def _moves(self, state: ScheduleState, rng: random.Random) -> list[tuple[str, ScheduleState]]:
         space = self.space
@@ -186,7 +189,15 @@ class RuleProposer:
                 continue
             score, parts = rule_score(self.space, new, self.hardware)
             scored[new] = (score, label, parts)
+        if self._learned():
+            states = list(scored)
+            for new, predicted in zip(states, self.model.predict(states), strict=True):
+                _, label, parts = scored[new]
+                scored[new] = (float(predicted), label, {**parts, "model": float(predicted)})
         return sorted(scored.items(), key=lambda item: item[1][0], reverse=True)
+
+    def _learned(self) -> bool:
+        return self.model is not None and getattr(self.model, "trained", False)
 
     def climb(
         self, state: ScheduleState, rng: random.Random, steps: int = 6
@@ -209,7 +220,8 @@ class RuleProposer:
         state = context.state
         before, _ = rule_score(self.space, state, self.hardware)
         chosen: list[Proposal[ScheduleState]] = []
-        climbed, moves = self.climb(state, rng)
+        learned = self._learned()
+        climbed, moves = (state, []) if learned else self.climb(state, rng)
         if moves:
             after = rule_score(self.space, climbed, self.hardware)[0]
             chosen.append(
@@ -222,7 +234,9 @@ class RuleProposer:
             )
         ranked = [item for item in self._scored(state, rng) if item[0] != climbed]
         while ranked and len(chosen) < count:
-            if self.temperature > 0:
+            if learned and not chosen:
+                pick = 0  # the model's favourite first, then a sample
+            elif self.temperature > 0:
                 top = max(ranked[0][1][0], 1e-9)
                 weights = [
                     math.exp((s - top) / (self.temperature * top)) for _, (s, _, _) in ranked
@@ -232,6 +246,10 @@ class RuleProposer:
                 pick = 0
             new, (score, label, parts) = ranked.pop(pick)
             if not self.space.legal(new):
+                continue
+            if learned:
+                rationale = f"cost model predicts {score:.2f} of the best measured"
+                chosen.append(Proposal(label, new, rationale, self.label))
                 continue
             worst = min(parts, key=parts.get) if parts else "-"
             rationale = f"rules score {before:.2f} -> {score:.2f}" + (

@@ -1,6 +1,6 @@
 """Tune one TIR workload: MCTS with a proposer, or MetaSchedule's evolutionary search (baseline).
 
-Both methods use the same design space, the same :class:`~torch_rc.tune.measure.Measurer` (build
+Both methods use the same design space, the same :class:`~torch_rc.tuning.measure.Measurer` (build
 in-process, verify against the untuned function, time) and the same XGBoost cost model
 configuration, so their sample counts and latencies compare. The sample count is the number of
 real measurements. Every run returns a :class:`TuneResult` with the best-latency-vs-samples
@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch_rc.tune.cost_model import XGBCostModel, make_xgb_model
-from torch_rc.tune.hardware import Hardware
-from torch_rc.tune.mcts import search
-from torch_rc.tune.measure import Measurement, Measurer
-from torch_rc.tune.space import DesignSpace, ScheduleState
+from torch_rc.tuning.cost_model import XGBCostModel, make_xgb_model
+from torch_rc.tuning.hardware import Hardware
+from torch_rc.tuning.mcts import search
+from torch_rc.tuning.measure import Measurement, Measurer
+from torch_rc.tuning.space import DesignSpace, ScheduleState
 from torch_rc.tvm_shim import tvm_api
 
 __all__ = ["Step", "TuneResult", "tune_workload", "METHODS"]
@@ -193,6 +193,9 @@ def _run_mcts(
     warmup: int,
 ) -> None:
     cost_model = XGBCostModel(space, hardware, warmup=warmup, seed=43 + seed)
+    for candidate in (proposer, getattr(proposer, "fallback", None)):
+        if candidate is not None and hasattr(candidate, "model"):
+            candidate.model = cost_model  # the rules rank their moves with it once it is trained
 
     def measure(state: ScheduleState) -> float | None:
         sch = space.schedule(state)
@@ -204,9 +207,8 @@ def _run_mcts(
         tracker.add(measurement, sch.trace)
         return measurement.latency_s if measurement.ok else None
 
-    states = space.initial_states()
     rng = random.Random(seed)
-    root = states[rng.randrange(len(states))]
+    root = _pick_root(space, hardware, rng)
     outcome = search(
         root,
         proposer=proposer,
@@ -225,6 +227,29 @@ def _run_mcts(
         tracker.result.steps = [
             Step(node.action, node.source, node.rationale, node.latency) for node in path[1:]
         ]
+
+
+def _pick_root(
+    space: DesignSpace, hardware: Hardware, rng: random.Random, samples: int = 64
+) -> ScheduleState:
+    """The start of the search: the best of ``samples`` random states under the hardware rules
+    (random walks of TVM's own mutators from each sketch; no measurement is spent on them)."""
+    from torch_rc.tuning.rules import rule_score
+
+    states = space.initial_states()
+    actions = list(space.mutator_probs)
+    weights = list(space.mutator_probs.values())
+    candidates = list(states)
+    for _ in range(samples):
+        state = states[rng.randrange(len(states))]
+        for _ in range(rng.randint(1, 4)):
+            if not actions:
+                break
+            action = rng.choices(actions, weights=weights)[0]
+            state = space.mutate(state, action, rng.randrange(1, 2**31 - 1)) or state
+        candidates.append(state)
+    ranked = sorted(set(candidates), key=lambda s: rule_score(space, s, hardware)[0], reverse=True)
+    return next((s for s in ranked if space.legal(s)), states[0])
 
 
 def _run_evolutionary(

@@ -5,7 +5,7 @@ measurements reach the tree."""
 import math
 import random
 
-from torch_rc.tune.mcts import Proposal, search
+from torch_rc.tuning.mcts import Proposal, search
 
 OPT = (11, 5)
 

@@ -23,11 +23,11 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from torch_rc.tune.hardware import Hardware
-from torch_rc.tune.llm_client import LLMClient
-from torch_rc.tune.mcts import Context, Proposal
-from torch_rc.tune.rules import RuleProposer
-from torch_rc.tune.space import DesignSpace, ScheduleState
+from torch_rc.tuning.hardware import Hardware
+from torch_rc.tuning.llm_client import LLMClient
+from torch_rc.tuning.mcts import Context, Proposal
+from torch_rc.tuning.rules import RuleProposer
+from torch_rc.tuning.space import DesignSpace, ScheduleState
 
 __all__ = ["LLMProposer", "parse_answer"]
 

@@ -13,9 +13,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from torch_rc.tune.hardware import Hardware
-from torch_rc.tune.rules import rule_score
-from torch_rc.tune.space import DesignSpace, ScheduleState
+from torch_rc.tuning.hardware import Hardware
+from torch_rc.tuning.rules import rule_score
+from torch_rc.tuning.space import DesignSpace, ScheduleState
 from torch_rc.tvm_shim import tvm_api
 
 __all__ = ["XGBCostModel", "make_xgb_model"]
@@ -32,7 +32,7 @@ def make_xgb_model(*, warmup: int, seed: int = 43) -> Any:
 
 
 class XGBCostModel:
-    """The MCTS :class:`~torch_rc.tune.mcts.CostModel` over a :class:`DesignSpace`.
+    """The MCTS :class:`~torch_rc.tuning.mcts.CostModel` over a :class:`DesignSpace`.
 
     Args:
         space: The workload's design space.

@@ -19,7 +19,7 @@ import torch
 
 from torch_rc.cache.keys import workload_key
 from torch_rc.cache.records import Check
-from torch_rc.tune.verify import compare, random_inputs, run_once
+from torch_rc.tuning.verify import compare, random_inputs, run_once
 from torch_rc.tvm_shim import tvm_api
 
 __all__ = ["Measurement", "Measurer"]

@@ -5,13 +5,13 @@ import random
 
 import pytest
 
-from tests.tune.scripted_endpoint import scripted_endpoint
-from tests.tune.workloads import matmul
-from torch_rc.tune.hardware import host_hardware
-from torch_rc.tune.llm_client import LLMClient, LLMConfig
-from torch_rc.tune.llm_proposer import LLMProposer, parse_answer
-from torch_rc.tune.mcts import Context
-from torch_rc.tune.space import DesignSpace
+from tests.tuning.scripted_endpoint import scripted_endpoint
+from tests.tuning.workloads import matmul
+from torch_rc.tuning.hardware import host_hardware
+from torch_rc.tuning.llm_client import LLMClient, LLMConfig
+from torch_rc.tuning.llm_proposer import LLMProposer, parse_answer
+from torch_rc.tuning.mcts import Context
+from torch_rc.tuning.space import DesignSpace
 from torch_rc.tvm_shim import tvm_api
 
 

@@ -2,8 +2,8 @@
 
 import logging
 
-from tests.tune.scripted_endpoint import scripted_endpoint
-from torch_rc.tune.llm_client import LLMClient, LLMConfig
+from tests.tuning.scripted_endpoint import scripted_endpoint
+from torch_rc.tuning.llm_client import LLMClient, LLMConfig
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}}
 MESSAGES = [{"role": "user", "content": "hi"}]

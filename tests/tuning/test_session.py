@@ -1,0 +1,124 @@
+"""Tuning through torch.compile / torch_rc.tune: budgets, the store, reuse, the run log."""
+
+import json
+
+import pytest
+import torch
+
+import torch_rc
+from torch_rc.backends.compiler import GraphReport
+from torch_rc.backends.dynamo import compile_graph
+from torch_rc.cache.store import open_store
+from torch_rc.options import Options
+from torch_rc.testing import STRICT_TVM
+
+
+class MLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.Linear(256, 512)
+        self.down = torch.nn.Linear(512, 256)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+
+
+def _compile(model, x, options):
+    resolved = Options.resolve(options)
+    sink: list[GraphReport] = []
+    compiled = torch.compile(
+        model, backend=lambda gm, inputs: compile_graph(gm, inputs, resolved, sink)[0]
+    )
+    with torch.no_grad():
+        out = compiled(x)
+    return out, sink
+
+
+def test_tune_stores_verified_records_and_later_compiles_use_them(tmp_path):
+    model, x = MLP().eval(), torch.randn(32, 256)
+    options = {**STRICT_TVM, "cache_dir": str(tmp_path), "progress": False}
+    report = torch_rc.tune(model, [x], trials=16, options=options)
+    assert report.max_abs_error is not None and report.max_abs_error < 1e-4
+    tuned = [t for t in report.tasks if t.status == "tuned"]
+    assert len(tuned) == 2  # the two fused matmul kernels; the weight transposes are too small
+    assert sum(t.trials for t in tuned) <= 16 and report.samples == sum(
+        t.result.samples for t in tuned
+    )
+    for task in tuned:
+        assert task.result.best_measurement.check.passed
+        assert task.result.best_latency_s < task.default_s  # stored only because it beats default
+    records = open_store(str(tmp_path / "store.sqlite")).all_records()
+    assert {r.workload_key for r in records} == {t.key for t in tuned}
+    assert all(
+        r.check.passed and r.method == "mcts" and r.proposer == "builtin" and r.samples > 0
+        for r in records
+    )
+    log = json.loads(open(report.runs[0].log_path).read())
+    assert {t["name"] for t in log["tasks"]} >= {t.name for t in tuned} and log[
+        "proposer"
+    ] == "builtin"
+
+    # A compile without tuning (another cache key: measure_repeats differs) builds with the records.
+    torch._dynamo.reset()
+    out, sink = _compile(model, x, {**options, "measure_repeats": 3})
+    torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-4)
+    assert sink[0].tuning is None and sink[0].tuned_kernels == 2
+
+    # Tuning again is a no-op for kernels already tuned.
+    again = torch_rc.tune(model, [x], trials=16, options=options)
+    assert {t.status for t in again.tasks if t.key in {r.workload_key for r in records}} == {
+        "cached"
+    }
+    assert again.samples == 0
+
+
+def test_serving_mode_never_tunes(tmp_path):
+    model, x = MLP().eval(), torch.randn(8, 256)
+    out, sink = _compile(
+        model, x, {**STRICT_TVM, "cache_dir": str(tmp_path), "trials": 16, "tune": "never"}
+    )
+    assert sink[0].tuning is None and sink[0].tuned_kernels == 0
+    assert open_store(str(tmp_path / "store.sqlite")).all_records() == []
+
+
+def test_options_name_bad_tuning_values_and_llm_dict_expands(monkeypatch):
+    with pytest.raises(torch_rc.OptionsError, match="'trials' must be >= 0"):
+        Options.resolve({"trials": -1})
+    with pytest.raises(torch_rc.OptionsError, match="did you mean 'trials'"):
+        Options.resolve({"trails": 5})
+    with pytest.raises(torch_rc.OptionsError, match="llm_modle"):
+        Options.resolve({"llm": {"modle": "x"}})
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    resolved = Options.resolve({"llm": {"base_url": "http://h/v1", "model": "m"}})
+    assert resolved.llm_enabled and resolved.llm_api_key == "sk-from-env"
+    assert "sk-from-env" not in repr(resolved)
+    from torch_rc.cache.artifacts import options_dict
+
+    assert "llm_api_key" not in options_dict(resolved)
+    assert not Options.resolve({}).tuning and Options.resolve({}, mode="max-autotune").trials == 256
+
+
+def test_torch_compile_tunes_with_the_real_local_llm(tmp_path, llm_url):
+    model, x = MLP().eval(), torch.randn(16, 256)
+    options = {
+        **STRICT_TVM,
+        "cache_dir": str(tmp_path),
+        "trials": 4,  # one kernel, a few LLM-guided expansions: the small model is slow on 2 cores
+        "progress": False,
+        "llm": {"base_url": llm_url, "model": "gemma-3-270m", "api_key": "sk-local-test"},
+    }
+    out, sink = _compile(model, x, options)
+    torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-4)
+    run = sink[0].tuning
+    assert run.proposer == "llm:gemma-3-270m"
+    tuned = [t for t in run.tasks if t.result is not None]
+    assert tuned and all(t.result.proposer == "llm:gemma-3-270m" for t in tuned)
+    stats = tuned[0].result.stats
+    assert stats["calls"] >= 1 and stats["failed_calls"] == 0 and stats["completion_tokens"] > 0
+    assert 0.0 <= stats["fallback_rate"] <= 1.0
+    records = open_store(str(tmp_path / "store.sqlite")).all_records()
+    assert records and all(r.models == ("gemma-3-270m",) and r.tokens > 0 for r in records)
+    stored = (tmp_path / "store.sqlite").read_bytes() + b"".join(
+        p.read_bytes() for p in (tmp_path / "runs").iterdir()
+    )
+    assert b"sk-local-test" not in stored  # the API key is never written anywhere

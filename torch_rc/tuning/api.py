@@ -1,0 +1,102 @@
+"""``torch_rc.tune``: tune a model (or one TIR workload) ahead of serving, filling the cache.
+
+``torch.compile(model, backend="reasoning", options={"trials": N})`` tunes as part of compiling;
+this function does the same for a model and example inputs and returns what happened (tasks,
+samples, best latencies, the run log) so scripts and the CLI can report it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from torch_rc.options import Options
+from torch_rc.tuning.session import TuningRun
+
+__all__ = ["TuneReport", "tune", "tune_tir"]
+
+
+@dataclass
+class TuneReport:
+    """The tuning runs of one ``tune`` call and the compiled model they produced."""
+
+    runs: list[TuningRun] = field(default_factory=list)
+    compiled: Any = None
+    max_abs_error: float | None = None  # compiled vs eager on the example inputs
+
+    @property
+    def tasks(self) -> list[Any]:
+        return [task for run in self.runs for task in run.tasks]
+
+    @property
+    def samples(self) -> int:
+        return sum(task.result.samples for task in self.tasks if task.result is not None)
+
+    @property
+    def interrupted(self) -> bool:
+        return any(run.interrupted for run in self.runs)
+
+
+def tune(
+    model: Callable[..., Any],
+    example_inputs: Sequence[Any],
+    *,
+    trials: int = 64,
+    options: Mapping[str, Any] | None = None,
+    mode: str | None = None,
+) -> TuneReport:
+    """Compile ``model`` for ``example_inputs`` with tuning on, run it once, compare with eager.
+
+    Tuned, verified schedules land in the cache (``options["cache_dir"]`` / ``cache_url``), so
+    later ``torch.compile(model, backend="reasoning")`` calls, in any process, use them.
+
+    Raises:
+        OptionsError: A bad option (named).
+    """
+    from torch_rc.backends.compiler import GraphReport
+    from torch_rc.backends.dynamo import compile_graph
+
+    merged = dict(options or {})
+    merged.setdefault("trials", trials)
+    resolved = Options.resolve(merged, mode)
+    if resolved.tune == "never":
+        resolved = resolved.replace(tune="auto")  # an explicit tune() call means tune
+    sink: list[GraphReport] = []
+
+    def backend(gm: torch.fx.GraphModule, inputs: list[Any]) -> Callable[..., Any]:
+        return compile_graph(gm, inputs, resolved, sink)[0]
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend)
+    with torch.no_grad():
+        got = compiled(*example_inputs)
+        want = model(*example_inputs)
+    report = TuneReport([g.tuning for g in sink if g.tuning is not None], compiled)
+    if isinstance(got, torch.Tensor) and isinstance(want, torch.Tensor):
+        report.max_abs_error = (
+            float((got.double() - want.double()).abs().max()) if got.numel() else 0.0
+        )
+    return report
+
+
+def tune_tir(mod: Any, *, trials: int = 64, options: Mapping[str, Any] | None = None) -> TuningRun:
+    """Tune one TIR workload (an IRModule with a ``main`` PrimFunc) and store the result."""
+    from torch_rc.backends.compiler import tuning_database
+    from torch_rc.backends.target import detect_target
+    from torch_rc.tuning.session import Task, tune_modules
+
+    resolved = Options.resolve({**(options or {}), "trials": trials})
+    target = detect_target(resolved)
+    database = tuning_database(resolved, target)
+    return tune_modules(
+        [],
+        target.target,
+        target.key,
+        resolved,
+        database,
+        trials=trials,
+        tasks=[Task("main", "", mod, 1, 1.0)],
+    )

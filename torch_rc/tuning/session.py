@@ -1,0 +1,432 @@
+"""Tune the kernels of Relax modules within a budget, store verified winners, log the run.
+
+This is what ``torch.compile(..., options={"trials": N})`` and ``torch_rc.tune`` call. The
+modules are legalized and fused as the build will do it; MetaSchedule's task extraction gives the
+fused TIR kernels and how often each runs. Kernels that already have a verified record in the
+cache are skipped (tuning is a one-time cost). The ``trials`` budget is split across the rest by
+estimated FLOPs x weight (kernels under 2% of the work keep default schedules), each is tuned
+(MCTS with the LLM or built-in proposer, or the evolutionary baseline), and its best schedule —
+verified against the untuned kernel — is written to the store, where the build picks it up.
+Every run is logged as JSON under ``<cache_dir>/runs/`` for ``torch-rc report``. Ctrl-C or the
+time limits stop tuning and keep everything tuned so far.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch_rc.cache.keys import workload_key
+from torch_rc.options import Options
+from torch_rc.tuning.hardware import host_hardware
+from torch_rc.tuning.measure import Measurer
+from torch_rc.tuning.rules import RuleProposer
+from torch_rc.tuning.space import DesignSpace
+from torch_rc.tuning.tuner import TuneResult, tune_workload
+from torch_rc.tvm_shim import tvm_api
+
+__all__ = ["Task", "TuningRun", "extract_tasks", "tune_modules", "runs_dir"]
+
+logger = logging.getLogger(__name__)
+
+_MIN_SHARE = 0.02
+_MIN_TRIALS = 8
+_spent_s = 0.0  # tuning wall time spent in this process (for tune_total_s)
+
+
+@dataclass
+class Task:
+    """One distinct kernel to tune."""
+
+    name: str
+    key: str
+    mod: Any
+    weight: int
+    flops: float
+    trials: int = 0
+    status: str = (
+        "pending"  # pending | cached | skipped | tuned | kept-default | failed | interrupted
+    )
+    default_s: float | None = None  # latency with torch_rc's default schedule (the bar to beat)
+    result: TuneResult | None = None
+    error: str = ""
+
+
+@dataclass
+class TuningRun:
+    """A tuning run over one or more modules (logged to JSON)."""
+
+    method: str
+    proposer: str
+    trials: int
+    tasks: list[Task] = field(default_factory=list)
+    interrupted: bool = False
+    seconds: float = 0.0
+    log_path: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "created": time.time(),
+            "method": self.method,
+            "proposer": self.proposer,
+            "trials": self.trials,
+            "interrupted": self.interrupted,
+            "seconds": round(self.seconds, 2),
+            "hardware": host_hardware().describe(),
+            "tasks": [
+                {
+                    "name": t.name,
+                    "key": t.key,
+                    "weight": t.weight,
+                    "flops": t.flops,
+                    "trials": t.trials,
+                    "status": t.status,
+                    "default_s": t.default_s,
+                    "error": t.error,
+                    **(
+                        {
+                            "samples": t.result.samples,
+                            "best_s": t.result.best_latency_s,
+                            "untuned_s": t.result.untuned_latency_s,
+                            "curve": t.result.curve,
+                            "steps": [vars(step) for step in t.result.steps],
+                            "stats": t.result.stats,
+                            "proposer": t.result.proposer,
+                        }
+                        if t.result is not None
+                        else {}
+                    ),
+                }
+                for t in self.tasks
+            ],
+        }
+
+
+def runs_dir(options: Options) -> Path:
+    return Path(options.store_path()).parent / "runs"
+
+
+def _legalized(mod: Any, target: Any) -> Any:
+    api = tvm_api()
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    with target:
+        passes = cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+        return api.tvm.transform.Sequential(passes)(mod)
+
+
+def extract_tasks(mods: list[Any], target: Any) -> list[Task]:
+    """The distinct fused TIR kernels of Relax modules, with weights and FLOP estimates."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    from torch_rc.tvm_shim import prepare_meta_schedule
+
+    prepare_meta_schedule(str(target.kind.name))
+    ms = tvm_api().s_tir.meta_schedule
+    tasks: dict[str, Task] = {}
+    for mod in mods:
+        for extracted in ms.relax_integration.extract_tasks(_legalized(mod, target), target):
+            tir = extracted.dispatched[0]
+            key = workload_key(tir["main"])
+            if key in tasks:
+                tasks[key].weight += int(extracted.weight)
+                continue
+            try:
+                flops = float(estimate_tir_flops(tir))
+            except Exception:  # estimation fails on some data-dependent kernels: treat as small
+                flops = 0.0
+            tasks[key] = Task(str(extracted.task_name), key, tir, int(extracted.weight), flops)
+    return list(tasks.values())
+
+
+def _allocate(tasks: list[Task], trials: int) -> None:
+    """Split ``trials`` over pending tasks by FLOPs x weight. Shares are of the whole module's
+    work (cached kernels included), so small kernels stay untuned when the big ones are cached."""
+    work = {t.key: t.flops * t.weight for t in tasks}
+    total = sum(work.values())
+    pending = [t for t in tasks if t.status == "pending"]
+    for task in pending:
+        if total <= 0 or work[task.key] / total < _MIN_SHARE:
+            task.status = "skipped"
+            task.error = f"under {_MIN_SHARE:.0%} of the work: default schedule"
+    eligible = [t for t in pending if t.status == "pending"]
+    share_total = sum(work[t.key] for t in eligible)
+    left = trials
+    for task in sorted(eligible, key=lambda t: work[t.key], reverse=True):
+        task.trials = min(left, max(_MIN_TRIALS, math.floor(trials * work[task.key] / share_total)))
+        left -= task.trials
+        if task.trials <= 0:
+            task.status = "skipped"
+            task.error = "no trials left in the budget"
+
+
+def _proposer(space: DesignSpace, options: Options, hardware: Any) -> Any:
+    rules = RuleProposer(space, hardware)
+    if not options.llm_enabled:
+        return rules
+    from torch_rc.tuning.llm_client import LLMClient, LLMConfig
+    from torch_rc.tuning.llm_proposer import LLMProposer
+
+    config = LLMConfig(
+        base_url=options.llm_base_url,
+        model=options.llm_model or "gpt-4o-mini",
+        api_key=options.llm_api_key,
+        timeout_s=options.llm_timeout_s,
+        mode=options.llm_mode,
+    )
+    return LLMProposer(space, hardware, LLMClient(config), fallback=rules)
+
+
+def tune_modules(
+    mods: list[Any],
+    target: Any,
+    target_key: str,
+    options: Options,
+    database: Any,
+    *,
+    trials: int | None = None,
+    tasks: list[Task] | None = None,
+) -> TuningRun:
+    """Tune the kernels of ``mods`` (Relax) for ``target``; see the module docstring.
+
+    Args:
+        database: The store-backed MetaSchedule database (``torch_rc.cache.ms_database``);
+            verified winners are promoted into it. None tunes without storing.
+        trials: Overrides ``options.trials``.
+        tasks: TIR workloads to tune instead of (or as well as) the kernels of ``mods``.
+    """
+    # The backend runs inside Dynamo's fake-tensor mode; measuring needs real tensors.
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with unset_fake_temporarily():
+        return _tune_modules(mods, target, target_key, options, database, trials, tasks or [])
+
+
+def _tune_modules(
+    mods: list[Any],
+    target: Any,
+    target_key: str,
+    options: Options,
+    database: Any,
+    trials: int | None,
+    extra: list[Task],
+) -> TuningRun:
+    global _spent_s
+    budget = options.trials if trials is None else trials
+    hardware = host_hardware(options.num_threads or None)
+    proposer_label = (
+        "llm:" + (options.llm_model or "gpt-4o-mini") if options.llm_enabled else "builtin"
+    )
+    run = TuningRun(
+        options.tune_method,
+        proposer_label if options.tune_method == "mcts" else "metaschedule",
+        budget,
+    )
+    start = time.monotonic()
+    deadline = start + options.tune_time_s if options.tune_time_s else math.inf
+    if options.tune_total_s:
+        deadline = min(deadline, start + max(options.tune_total_s - _spent_s, 0.0))
+    run.tasks = extract_tasks(mods, target) if mods else []
+    for task in extra:
+        from tvm.s_tir.analysis import estimate_tir_flops
+
+        from torch_rc.tvm_shim import prepare_meta_schedule
+
+        prepare_meta_schedule(str(target.kind.name))
+        task.key = workload_key(task.mod["main"])
+        task.flops = float(estimate_tir_flops(task.mod))
+        run.tasks.append(task)
+    for task in run.tasks:
+        if database is not None and database.has_workload(task.mod):
+            task.status = "cached"
+    _allocate(run.tasks, budget)
+    todo = [t for t in run.tasks if t.status == "pending"]
+    display = _Display(options.progress, todo)
+    measurer = Measurer(target, repeats=5, min_repeat_ms=10, seed=options.tune_seed)
+    try:
+        with display:
+            for task in todo:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    task.status = "skipped"
+                    task.error = "time limit reached"
+                    continue
+                display.start(task)
+                try:
+                    space = DesignSpace(task.mod, target, seed=1 + options.tune_seed)
+                    proposer = _proposer(space, options, hardware)
+                    result = tune_workload(
+                        space,
+                        measurer,
+                        method=options.tune_method,
+                        proposer=proposer,
+                        hardware=hardware,
+                        trials=task.trials,
+                        seed=options.tune_seed,
+                        time_limit_s=left if math.isfinite(left) else None,
+                        progress=lambda n, best, t=task, p=proposer: display.update(t, n, best, p),
+                        branching=options.tune_branching,
+                        context_depth=options.tune_context_depth,
+                    )
+                except KeyboardInterrupt:
+                    raise
+                except Exception as exc:  # a kernel MetaSchedule cannot handle keeps its default
+                    task.status = "failed"
+                    task.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''}"
+                    logger.warning("torch_rc: tuning %s failed: %s", task.name, task.error)
+                    continue
+                task.result = result
+                task.status = "interrupted" if result.interrupted else "tuned"
+                task.default_s = _default_latency(task.mod, measurer)
+                beats_default = task.default_s is None or (
+                    result.best_latency_s is not None and result.best_latency_s < task.default_s
+                )
+                if result.best_trace is not None and not beats_default:
+                    # Never slower than what the build would do anyway: keep the default schedule.
+                    task.status = "kept-default"
+                    task.error = (
+                        f"best tuned {result.best_latency_s * 1e3:.4f} ms >= default schedule "
+                        f"{task.default_s * 1e3:.4f} ms"
+                    )
+                elif result.best_trace is not None and database is not None:
+                    _promote(database, task, result, target, run.proposer)
+                display.finish(task)
+                if result.interrupted and time.monotonic() < deadline:
+                    run.interrupted = True  # Ctrl-C, not the time limit: stop tuning
+                    break
+    except KeyboardInterrupt:
+        run.interrupted = True
+    run.seconds = time.monotonic() - start
+    _spent_s += run.seconds
+    if run.interrupted:
+        logger.warning(
+            "torch_rc: tuning interrupted; %d kernels tuned so far are kept",
+            sum(t.status in ("tuned", "interrupted") for t in run.tasks),
+        )
+    run.log_path = _write_log(run, options)
+    return run
+
+
+def _default_latency(mod: Any, measurer: Measurer) -> float | None:
+    """Latency of ``mod`` with torch_rc's default CPU schedule (what an untuned build runs)."""
+    from torch_rc.backends.schedule import default_schedule_pass
+
+    try:
+        # dlight's ApplyDefaultSchedule changes its input module in place (docs/tvm-facts.md):
+        # schedule a deep copy so the task's module (and its key) stay as extracted.
+        api = tvm_api()
+        copy = api.tvm.ir.load_json(api.tvm.ir.save_json(mod))
+        with measurer.target:
+            scheduled = default_schedule_pass()(copy)
+        measurement = measurer.measure(mod, scheduled, count=False)
+    except Exception:  # the default rule could not schedule it: any verified result is better
+        return None
+    return measurement.latency_s if measurement.ok else None
+
+
+def _promote(database: Any, task: Task, result: TuneResult, target: Any, proposer: str) -> None:
+    ms = tvm_api().s_tir.meta_schedule
+    measurement = result.best_measurement
+    record = ms.database.TuningRecord(
+        result.best_trace,
+        database.commit_workload(task.mod),
+        list(measurement.runs) or [measurement.latency_s],
+        target,
+        ms.arg_info.ArgInfo.from_prim_func(task.mod["main"]),
+    )
+    stats = result.stats
+    database.promote(
+        record,
+        measurement.check,
+        # The key as computed at extraction, which is what the build looks records up with.
+        key=task.key,
+        samples=result.samples,
+        method=result.method,
+        proposer=result.proposer,
+        models=(stats["model"],) if "model" in stats else (),
+        tokens=int(stats.get("prompt_tokens", 0)) + int(stats.get("completion_tokens", 0)),
+    )
+
+
+def _write_log(run: TuningRun, options: Options) -> str:
+    if not any(t.result for t in run.tasks):
+        return ""
+    try:
+        directory = runs_dir(options)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(run.to_json(), indent=1))
+        tmp.replace(path)
+        return str(path)
+    except OSError as exc:  # a read-only cache dir: the tuned records are what matter
+        logger.warning("torch_rc: could not write the tuning log: %s", exc)
+        return ""
+
+
+class _Display:
+    """A rich progress display: kernels, trials, best latency, LLM calls and tokens."""
+
+    def __init__(self, enabled: bool, tasks: list[Task]) -> None:
+        self.enabled = enabled and bool(tasks)
+        self.tasks = tasks
+        self.progress: Any = None
+        self.ids: dict[str, Any] = {}
+
+    def __enter__(self) -> _Display:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("[bold]tuning[/] {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
+            self.progress.__enter__()
+            for index, task in enumerate(self.tasks, start=1):
+                self.ids[task.key] = self.progress.add_task(
+                    f"{index}/{len(self.tasks)} {task.name}",
+                    total=task.trials,
+                    info="waiting",
+                    start=False,
+                )
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def start(self, task: Task) -> None:
+        if self.progress is not None:
+            self.progress.start_task(self.ids[task.key])
+
+    def update(self, task: Task, samples: int, best: float | None, proposer: Any) -> None:
+        if self.progress is None:
+            return
+        info = f"best {best * 1e3:.4f} ms" if best is not None else "no valid schedule yet"
+        stats = proposer.stats() if hasattr(proposer, "stats") else {}
+        if "calls" in stats:
+            info += f" | LLM calls {stats['calls']}, tokens {stats['prompt_tokens'] + stats['completion_tokens']}, fallback {stats['fallback_rate']:.0%}"
+        else:
+            info += f" | {getattr(proposer, 'label', 'metaschedule')}"
+        self.progress.update(self.ids[task.key], completed=samples, info=info)
+
+    def finish(self, task: Task) -> None:
+        if self.progress is not None and task.result is not None:
+            self.progress.update(self.ids[task.key], completed=task.trials)
