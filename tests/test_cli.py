@@ -58,6 +58,8 @@ def test_help_everywhere():
         ["cache", "import"],
         ["cache", "prune"],
         ["cache", "verify"],
+        ["tune"],
+        ["report"],
     ):
         result = cli(*args, "--help")
         assert result.exit_code == 0 and "Usage" in result.output
@@ -142,3 +144,72 @@ def test_prune_stats_and_verify(tmp_path, local_target):
     store._conn.execute("UPDATE artifacts SET payload = x'00ff'")
     damaged = cli("cache", "--cache-dir", str(tmp_path), "verify")
     assert damaged.exit_code == 1 and "cannot be read back" in damaged.output
+
+
+def test_tune_a_model_then_report(tmp_path, monkeypatch):
+    models = tmp_path / "cli_models.py"
+    models.write_text(
+        "import torch\n"
+        "def mlp():\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.ReLU(), torch.nn.Linear(256, 128))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    cache = str(tmp_path / "cache")
+    result = cli(
+        "tune",
+        "cli_models:mlp",
+        "--input",
+        "16x128",
+        "--trials",
+        "10",
+        "--cache-dir",
+        cache,
+        "--no-progress",
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        "max abs error" in result.output
+        and "tuned" in result.output
+        and "run log:" in result.output
+    )
+    report = cli("report", "--cache-dir", cache, "--out", str(tmp_path / "curves.png"))
+    assert report.exit_code == 0 and "path to the best schedule" in report.output
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tune_and_report_name_bad_input(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(main, ["tune", "no_such_module:factory", "--input", "4x4"])
+    assert result.exit_code == 2 and "cannot import 'no_such_module'" in result.output
+    result = runner.invoke(main, ["tune", "os:path", "--input", "4x4"])
+    assert result.exit_code == 2 and "neither a model nor a factory" in result.output
+    result = runner.invoke(main, ["tune", "torch.nn:Identity", "--input", "4xfour"])
+    assert result.exit_code == 2 and "shape must look like 32x256" in result.output
+    (tmp_path / "bad.py").write_text("this is not TVMScript")
+    result = runner.invoke(main, ["tune", "--tir", str(tmp_path / "bad.py")])
+    assert result.exit_code == 2 and "not a TVMScript IRModule" in result.output
+    result = runner.invoke(main, ["report", "--cache-dir", str(tmp_path / "empty")])
+    assert result.exit_code == 1 and "no tuning runs" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_tune_a_tir_workload(tmp_path):
+    from tests.tuning.workloads import matmul
+
+    (tmp_path / "mm.py").write_text(matmul(32, 64, 64).script())
+    cache = str(tmp_path / "cache")
+    result = cli(
+        "tune",
+        "--tir",
+        str(tmp_path / "mm.py"),
+        "--trials",
+        "6",
+        "--method",
+        "evolutionary",
+        "--cache-dir",
+        cache,
+        "--no-progress",
+    )
+    assert result.exit_code == 0, result.output
+    assert "metaschedule" in result.output

@@ -25,6 +25,8 @@ from torch_rc.errors import TorchRCError
 __all__ = ["main"]
 
 console = Console(soft_wrap=True)  # one-line messages stay one line (users grep them)
+# Tables of tuning results are wide: keep their columns readable when piped.
+wide_console = Console(soft_wrap=True, width=None if console.is_terminal else 160)
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -318,6 +320,253 @@ def cache_explain(
         else:
             why = f"nearest {miss['nearest'][:12]} differs in: {', '.join(miss['differing'])}"
         console.print(f"{miss['key'][:12]}  {age / 60:6.1f} min ago  {why}")
+
+
+# ----------------------------------------------------------------------------- tuning
+_CACHE_DIR = click.option(
+    "--cache-dir",
+    envvar="TORCH_RC_CACHE_DIR",
+    default=None,
+    help="Cache directory (default: TORCH_RC_CACHE_DIR, else the platform's user cache dir).",
+)
+_CACHE_URL = click.option(
+    "--cache-url",
+    envvar="TORCH_RC_CACHE_URL",
+    default=None,
+    help="A shared cache server (redis://host:port/db) instead of the local directory.",
+)
+
+
+def _load_model(spec: str) -> Any:
+    """``package.module:factory`` -> the module (calling the factory if it is callable)."""
+    import importlib
+    import os
+
+    if ":" not in spec:
+        raise click.BadParameter(
+            f"{spec!r} is not of the form package.module:factory", param_hint="MODEL"
+        )
+    module_name, attr = spec.split(":", 1)
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or the module itself failing: say which
+        raise click.BadParameter(
+            f"cannot import {module_name!r}: {type(exc).__name__}: {exc}", param_hint="MODEL"
+        ) from None
+    if not hasattr(module, attr):
+        raise click.BadParameter(
+            f"module {module_name!r} has no attribute {attr!r}", param_hint="MODEL"
+        )
+    obj = getattr(module, attr)
+    import torch
+
+    if isinstance(obj, torch.nn.Module):
+        model = obj
+    elif callable(obj):
+        try:
+            model = obj()
+        except Exception as exc:  # the user's factory failed: say so in one line
+            raise click.BadParameter(
+                f"{spec}() failed: {type(exc).__name__}: {exc}", param_hint="MODEL"
+            ) from None
+    else:
+        raise click.BadParameter(f"{spec} is neither a model nor a factory", param_hint="MODEL")
+    if not callable(model):
+        raise click.BadParameter(f"{spec}() did not return a model", param_hint="MODEL")
+    return model.eval() if isinstance(model, torch.nn.Module) else model
+
+
+def _parse_input(spec: str) -> Any:
+    """``32x256`` (float32) or ``1x128:int64`` (random integers 0..99) -> a random tensor."""
+    import torch
+
+    shape_text, _, dtype_text = spec.partition(":")
+    try:
+        shape = [int(d) for d in shape_text.lower().split("x") if d]
+    except ValueError:
+        raise click.BadParameter(
+            f"{spec!r}: shape must look like 32x256", param_hint="--input"
+        ) from None
+    dtype = getattr(torch, dtype_text or "float32", None)
+    if not isinstance(dtype, torch.dtype):
+        raise click.BadParameter(f"{spec!r}: unknown dtype {dtype_text!r}", param_hint="--input")
+    if dtype.is_floating_point:
+        return torch.randn(shape, dtype=dtype)
+    return torch.randint(0, 100, shape, dtype=dtype)
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="SHAPE[:DTYPE]",
+    help="An example input, e.g. 32x256 or 1x128:int64 (repeat per input).",
+)
+@click.option(
+    "--tir",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Tune one TIR workload instead: a TVMScript file defining an IRModule with a main PrimFunc.",
+)
+@click.option(
+    "--trials",
+    default=64,
+    show_default=True,
+    help="Real measurements to spend (split over the kernels by FLOPs).",
+)
+@click.option("--time-limit", default=0.0, help="Wall-clock limit in seconds (0: trials only).")
+@click.option(
+    "--method", type=click.Choice(["mcts", "evolutionary"]), default="mcts", show_default=True
+)
+@click.option(
+    "--llm-url",
+    envvar="TORCH_RC_LLM_BASE_URL",
+    default="",
+    help="OpenAI-compatible endpoint for the LLM proposer (the key is read from OPENAI_API_KEY / TORCH_RC_LLM_API_KEY, never from the command line).",
+)
+@click.option(
+    "--llm-model", envvar="TORCH_RC_LLM_MODEL", default="", help="Model name at that endpoint."
+)
+@click.option(
+    "--llm-mode",
+    type=click.Choice(["values", "mutators"]),
+    default="values",
+    show_default=True,
+    help="values: the LLM chooses concrete tile sizes etc.; mutators: only mutator types.",
+)
+@click.option("--seed", default=0, show_default=True)
+@_CACHE_DIR
+@_CACHE_URL
+@click.option("--no-progress", is_flag=True, help="No progress display.")
+@_clear_errors
+def tune(
+    model: str | None,
+    inputs: tuple[str, ...],
+    tir: str | None,
+    trials: int,
+    time_limit: float,
+    method: str,
+    llm_url: str,
+    llm_model: str,
+    llm_mode: str,
+    seed: int,
+    cache_dir: str | None,
+    cache_url: str | None,
+    no_progress: bool,
+) -> None:
+    """Tune MODEL (package.module:factory, with --input per example input) or one TIR workload
+    (--tir FILE), and store verified schedules in the cache for every later compile.
+
+    \b
+    Examples:
+      torch-rc tune mymodels:build_mlp --input 32x256 --trials 128
+      torch-rc tune mymodels:bert --input 1x128:int64 --llm-url http://127.0.0.1:8080/v1 --llm-model gemma-3-270m
+      torch-rc tune --tir matmul.py --trials 64 --method evolutionary
+
+    Ctrl-C stops tuning and keeps what was tuned. Then: torch-rc report.
+    """
+    options: dict[str, Any] = {
+        "tune_time_s": time_limit,
+        "tune_method": method,
+        "tune_seed": seed,
+        "progress": not no_progress,
+        "llm_mode": llm_mode,
+    }
+    options.update(
+        {
+            k: v
+            for k, v in (
+                ("cache_dir", cache_dir),
+                ("cache_url", cache_url),
+                ("llm_base_url", llm_url),
+                ("llm_model", llm_model),
+            )
+            if v
+        }
+    )
+    if trials < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--trials")
+    import torch_rc
+
+    if tir:
+        if model:
+            raise click.UsageError("give MODEL or --tir, not both")
+        from torch_rc.tvm_shim import tvm_api
+
+        try:
+            mod = tvm_api().tvm.script.from_source(open(tir).read())
+        except Exception as exc:  # a parse error: one line, naming the file
+            raise click.BadParameter(
+                f"{tir}: not a TVMScript IRModule: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}",
+                param_hint="--tir",
+            ) from None
+        if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
+            raise click.BadParameter(
+                f"{tir}: the IRModule has no 'main' PrimFunc", param_hint="--tir"
+            )
+        runs = [torch_rc.tune_tir(mod, trials=trials, options=options)]
+    else:
+        if not model:
+            raise click.UsageError("give MODEL (package.module:factory) or --tir FILE; see --help")
+        if not inputs:
+            raise click.UsageError("give at least one --input SHAPE[:DTYPE] for MODEL")
+        report = torch_rc.tune(
+            _load_model(model), [_parse_input(i) for i in inputs], trials=trials, options=options
+        )
+        runs = report.runs
+        if report.max_abs_error is not None:
+            console.print(f"compiled model vs eager: max abs error {report.max_abs_error:.2e}")
+    from torch_rc.tuning.report import print_run
+
+    for run in runs:
+        if run.log_path:
+            print_run(json.loads(open(run.log_path).read()), wide_console, steps=3)
+            console.print(f"run log: {run.log_path}")
+        else:
+            console.print(
+                "nothing to tune: every kernel is already tuned in the cache, or too small to tune"
+            )
+    if any(run.interrupted for run in runs):
+        console.print("[yellow]tuning was interrupted; what was tuned is stored[/]")
+        sys.exit(130)
+
+
+@main.command()
+@click.argument("run_log", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--out", "out", default=None, help="PNG of best latency vs samples (default: next to the log)."
+)
+@click.option("--steps", default=8, show_default=True, help="Transformations shown per kernel.")
+@_CACHE_DIR
+@_clear_errors
+def report(run_log: str | None, out: str | None, steps: int, cache_dir: str | None) -> None:
+    """Show a tuning run: per-kernel results, the chosen transformations with the proposer's
+    rationale, LLM accounting, and a PNG of best latency vs measured samples.
+    RUN_LOG defaults to the latest run in the cache directory."""
+    from pathlib import Path
+
+    from torch_rc.options import Options
+    from torch_rc.tuning.report import latest_run, load_run, plot_run, print_run
+    from torch_rc.tuning.session import runs_dir
+
+    if run_log is None:
+        directory = runs_dir(Options.resolve({"cache_dir": cache_dir} if cache_dir else {}))
+        found = latest_run(directory)
+        if found is None:
+            raise click.ClickException(f"no tuning runs in {directory}; run torch-rc tune first")
+        path = found
+    else:
+        path = Path(run_log)
+    try:
+        run = load_run(path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    print_run(run, wide_console, steps=steps)
+    png = Path(out) if out else path.with_suffix(".png")
+    if plot_run(run, png):
+        console.print(f"curves: {png}")
 
 
 if __name__ == "__main__":  # pragma: no cover

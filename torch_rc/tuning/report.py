@@ -1,0 +1,124 @@
+"""Render a tuning run log (``<cache_dir>/runs/*.json``): tables, the chosen transformations with
+their rationale, and a PNG of best latency vs measured samples per kernel."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["latest_run", "load_run", "print_run", "plot_run"]
+
+
+def latest_run(directory: Path) -> Path | None:
+    runs = sorted(directory.glob("run-*.json"), key=lambda p: p.stat().st_mtime)
+    return runs[-1] if runs else None
+
+
+def load_run(path: Path) -> dict[str, Any]:
+    """The run log at ``path``.
+
+    Raises:
+        ValueError: Not a tuning run log (the message names the file).
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable tuning run log: {exc}") from None
+    if not isinstance(data, dict) or "tasks" not in data:
+        raise ValueError(f"{path} is not a tuning run log (no 'tasks')")
+    return data
+
+
+def _ms(value: float | None) -> str:
+    return f"{value * 1e3:.4f}" if value else "-"
+
+
+def print_run(run: dict[str, Any], console: Console, steps: int = 8) -> None:
+    console.print(
+        f"[bold]tuning run[/] method {run['method']}, proposer {run['proposer']}, "
+        f"{run['trials']} trials budget, {run['seconds']} s"
+        + (" [yellow](interrupted)[/]" if run.get("interrupted") else "")
+    )
+    console.print(run.get("hardware", ""))
+    table = Table(
+        "kernel",
+        "status",
+        "samples",
+        "default ms",
+        "tuned ms",
+        "vs default",
+        "proposer",
+        "LLM calls",
+        "tokens",
+        "fallback",
+    )
+    for task in run["tasks"]:
+        stats = task.get("stats") or {}
+        best, default = task.get("best_s"), task.get("default_s")
+        ratio = f"{default / best:.2f}x" if best and default else "-"
+        table.add_row(
+            task["name"],
+            task["status"] + (f" ({task['error']})" if task.get("error") else ""),
+            str(task.get("samples", 0)),
+            _ms(default),
+            _ms(best),
+            ratio,
+            task.get("proposer", "-"),
+            str(stats.get("calls", "-")),
+            str(stats.get("prompt_tokens", 0) + stats.get("completion_tokens", 0))
+            if "calls" in stats
+            else "-",
+            f"{stats['fallback_rate']:.0%}" if "fallback_rate" in stats else "-",
+        )
+    console.print(table)
+    for task in run["tasks"]:
+        if not task.get("steps"):
+            continue
+        console.print(f"[bold]{task['name']}[/]: path to the best schedule")
+        for step in task["steps"][:steps]:
+            latency = f"{step['latency_s'] * 1e3:.4f} ms" if step.get("latency_s") else "predicted"
+            console.print(f"  [{step['source']}] {step['action']} -> {latency}")
+            if step.get("rationale"):
+                console.print(f"      why: {step['rationale']}")
+        if len(task["steps"]) > steps:
+            console.print(f"  ... {len(task['steps']) - steps} more steps")
+
+
+def plot_run(run: dict[str, Any], path: Path) -> int:
+    """Best latency vs samples, one panel per tuned kernel; returns the number of panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in run["tasks"] if t.get("curve")]
+    if not tasks:
+        return 0
+    cols = min(3, len(tasks))
+    rows = math.ceil(len(tasks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.5 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        xs = [n for n, _ in task["curve"]]
+        ys = [latency * 1e3 for _, latency in task["curve"]]
+        ax.step(xs, ys, where="post", label=f"{task.get('proposer', '')} ({run['method']})")
+        if task.get("default_s"):
+            ax.axhline(
+                task["default_s"] * 1e3, color="gray", linestyle="--", label="default schedule"
+            )
+        ax.set_title(task["name"], fontsize=9)
+        ax.set_xlabel("measured samples")
+        ax.set_ylabel("best latency (ms)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return len(tasks)
