@@ -107,9 +107,13 @@ class LLMProposer:
             "required": ["action"],
         }
         if self.mode == "values":
-            item["properties"]["decision"] = {"type": "string"}
+            item["properties"]["decision"] = {"type": "string", "pattern": "^d[0-9]{1,4}$"}
             item["properties"]["value"] = {
-                "anyOf": [{"type": "integer"}, {"type": "array", "items": {"type": "integer"}}]
+                "anyOf": [
+                    {"type": "integer"},
+                    # bounded: a small model can otherwise loop inside an array until max_tokens
+                    {"type": "array", "items": {"type": "integer"}, "maxItems": 8},
+                ]
             }
             item["properties"]["why"] = {"type": "string", "maxLength": 160}
         return {
