@@ -569,5 +569,178 @@ def report(run_log: str | None, out: str | None, steps: int, cache_dir: str | No
         console.print(f"curves: {png}")
 
 
+def _load_any_model(spec: str) -> Any:
+    """A model from ``package.module:factory`` or an ExportedProgram file (``.pt2``)."""
+    import os
+
+    lowered = spec.lower()
+    if lowered.endswith(".onnx"):
+        raise click.BadParameter(
+            f"{spec}: ONNX models are not supported yet; export the model with torch.export "
+            "(.pt2) or give a package.module:factory",
+            param_hint="MODEL",
+        )
+    if lowered.endswith((".pt", ".ts", ".torchscript")):
+        raise click.BadParameter(
+            f"{spec}: TorchScript files are not supported (Dynamo cannot trace ScriptModules); "
+            "use torch.export (.pt2) or a package.module:factory",
+            param_hint="MODEL",
+        )
+    if lowered.endswith(".pt2"):
+        if not os.path.exists(spec):
+            raise click.BadParameter(f"{spec} does not exist", param_hint="MODEL")
+        import torch
+
+        try:
+            return torch.export.load(spec).module()
+        except Exception as exc:  # a corrupted or foreign file: one line
+            raise click.BadParameter(
+                f"{spec} is not a readable ExportedProgram: {type(exc).__name__}: {exc}",
+                param_hint="MODEL",
+            ) from None
+    return _load_model(spec)
+
+
+def _parse_bucket(spec: str) -> list[tuple[int, ...]]:
+    """``1x128`` or ``1x128,1x128`` (one shape per tensor input; dtypes come from --input)."""
+    shapes = []
+    for part in spec.split(","):
+        try:
+            shapes.append(tuple(int(d) for d in part.split(":")[0].lower().split("x") if d))
+        except ValueError:
+            raise click.BadParameter(
+                f"{spec!r}: a bucket looks like 1x128 or 1x128,1x128", param_hint="--bucket"
+            ) from None
+    return shapes
+
+
+@main.command()
+@click.argument("model")
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    required=True,
+    metavar="SHAPE[:DTYPE]",
+    help="An example input (fixes dtypes), e.g. 1x128:int64; repeat per input.",
+)
+@click.option(
+    "--bucket",
+    "buckets",
+    multiple=True,
+    metavar="SHAPES",
+    help="A shape bucket to warm, e.g. 4x128 (comma-separated per input); repeat. Default: the --input shapes.",
+)
+@click.option(
+    "--batch-sizes",
+    default="",
+    help="Shorthand: warm every bucket with each of these batch sizes (dim 0 of every input), e.g. 1,2,4,8,16.",
+)
+@click.option(
+    "--trials",
+    default=0,
+    show_default=True,
+    help="Tuning budget per graph (0: default schedules and stored records only).",
+)
+@click.option("--time-limit", default=0.0, help="Wall-clock limit of all tuning, seconds.")
+@click.option(
+    "--llm-url",
+    envvar="TORCH_RC_LLM_BASE_URL",
+    default="",
+    help="OpenAI-compatible endpoint for LLM-guided tuning (key from OPENAI_API_KEY).",
+)
+@click.option("--llm-model", envvar="TORCH_RC_LLM_MODEL", default="")
+@click.option(
+    "--bundle",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Write the cache to this bundle (ship it to replicas).",
+)
+@_CACHE_DIR
+@_CACHE_URL
+@_clear_errors
+def warmup(
+    model: str,
+    inputs: tuple[str, ...],
+    buckets: tuple[str, ...],
+    batch_sizes: str,
+    trials: int,
+    time_limit: float,
+    llm_url: str,
+    llm_model: str,
+    bundle: str | None,
+    cache_dir: str | None,
+    cache_url: str | None,
+) -> None:
+    """Compile (and with --trials tune) MODEL for every shape bucket, fill the cache, and
+    optionally write a bundle that serving replicas load with zero tuning.
+
+    MODEL is package.module:factory or an ExportedProgram file (.pt2).
+
+    \b
+    Example:
+      torch-rc warmup examples.serving.model:build_model --input 1x16:int64 \\
+          --bucket 1x16 --bucket 1x32 --batch-sizes 1,2,4 --trials 64 --bundle model.trc
+    """
+    from torch_rc.serving import warmup as run_warmup
+
+    examples = [_parse_input(i) for i in inputs]
+    shapes = [_parse_bucket(b) for b in buckets] or [[tuple(x.shape) for x in examples]]
+    if batch_sizes:
+        try:
+            sizes = [int(b) for b in batch_sizes.split(",") if b]
+        except ValueError:
+            raise click.BadParameter(
+                f"{batch_sizes!r} is not a list of integers", param_hint="--batch-sizes"
+            ) from None
+        shapes = [[(n, *s[1:]) for s in bucket] for bucket in shapes for n in sizes]
+    for bucket in shapes:
+        if len(bucket) != len(examples):
+            raise click.BadParameter(
+                f"bucket {bucket} has {len(bucket)} shapes for {len(examples)} inputs",
+                param_hint="--bucket",
+            )
+    options = {
+        k: v
+        for k, v in (
+            ("cache_dir", cache_dir),
+            ("cache_url", cache_url),
+            ("llm_base_url", llm_url),
+            ("llm_model", llm_model),
+        )
+        if v
+    }
+    loaded = _load_any_model(model)
+
+    def progress(done: int, total: int, result: Any) -> None:
+        error = "-" if result.max_abs_error is None else f"{result.max_abs_error:.1e}"
+        console.print(
+            f"[{done}/{total}] bucket {[list(s) for s in result.shapes]}: {result.graphs} graphs, "
+            f"{result.compile_s:.1f} s, {result.samples} tuning samples, max abs error vs eager {error}"
+        )
+
+    report = run_warmup(
+        loaded,
+        examples,
+        shapes=shapes,
+        trials=trials,
+        time_limit_s=time_limit,
+        options=options,
+        bundle=bundle,
+        progress=progress,
+    )
+    bad = [r for r in report.buckets if r.max_abs_error is not None and r.max_abs_error > 1e-3]
+    if report.bundle:
+        console.print(f"bundle: {report.bundle}")
+    console.print(f"warmed {len(report.buckets)} buckets in {report.seconds:.1f} s")
+    if bad:
+        raise click.ClickException(
+            f"{len(bad)} buckets differ from eager by more than 1e-3; see above"
+        )
+    if report.interrupted:
+        console.print("[yellow]interrupted; what was warmed is in the cache[/]")
+        sys.exit(130)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,286 @@
+"""Tune once, serve with zero tuning: ``warmup`` on a build machine, ``ServingModel`` on replicas.
+
+``warmup`` compiles a model for every input-shape bucket (optionally tuning its kernels), makes
+the first-call decisions, checks each bucket against eager, and can write a portable bundle of
+the cache. ``ServingModel`` loads a bundle with one call, compiles every bucket at start-up from
+the cache with ``tune="never"`` (no tuning, no LLM calls), and serves: a request whose shapes match
+a bucket runs the compiled code; any other shape runs the model eagerly (correct, never a crash)
+and is counted as a miss.
+
+Why buckets and not one symbolic-shape build: Dynamo marks a dimension dynamic after the second
+size it sees, and a symbolic graph is specialised per concrete shape at call time anyway
+(``backends/specialize.py``), without the persistent artifact cache; per-bucket static graphs hit
+the cache in a fresh process and keep the per-shape first-call choice. Padding to the next bucket
+would change a model's results unless it masks the padding, which a generic backend cannot know.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from torch_rc.options import Options
+
+__all__ = ["BucketResult", "ServingModel", "WarmupReport", "warmup", "inputs_like"]
+
+Signature = tuple[tuple[tuple[int, ...], str], ...]
+
+
+def signature(inputs: Sequence[Any]) -> Signature:
+    """Shapes and dtypes of the tensor inputs (what selects a bucket)."""
+    return tuple((tuple(x.shape), str(x.dtype)) for x in inputs if isinstance(x, torch.Tensor))
+
+
+def inputs_like(
+    example: Sequence[Any], shapes: Sequence[Sequence[int]], seed: int = 0
+) -> list[Any]:
+    """Random inputs with ``example``'s dtypes and the given shapes (integers stay within the
+    example's value range, so token ids stay valid)."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = [x for x in example if isinstance(x, torch.Tensor)]
+    if len(shapes) != len(tensors):
+        raise ValueError(f"a bucket gives {len(shapes)} shapes for {len(tensors)} tensor inputs")
+    out, shape_iter = [], iter(shapes)
+    for x in example:
+        if not isinstance(x, torch.Tensor):
+            out.append(x)
+            continue
+        shape = tuple(next(shape_iter))
+        if x.dtype.is_floating_point:
+            out.append(torch.randn(shape, generator=generator).to(x.dtype))
+        else:
+            low, high = (int(x.min()), int(x.max()) + 1) if x.numel() else (0, 2)
+            out.append(
+                torch.randint(low, max(high, low + 1), shape, generator=generator, dtype=x.dtype)
+            )
+    return out
+
+
+@dataclass
+class BucketResult:
+    shapes: list[tuple[int, ...]]
+    compile_s: float
+    max_abs_error: float | None
+    graphs: int
+    tuned_kernels: int
+    samples: int
+
+
+@dataclass
+class WarmupReport:
+    buckets: list[BucketResult] = field(default_factory=list)
+    bundle: str = ""
+    interrupted: bool = False
+    seconds: float = 0.0
+
+
+def _flat(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Mapping):
+        return [t for v in value.values() for t in _flat(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _flat(v)]
+    return [t for v in getattr(value, "__dict__", {}).values() for t in _flat(v)]
+
+
+def _max_error(got: Any, want: Any) -> float | None:
+    pairs = list(zip(_flat(got), _flat(want), strict=False))
+    if not pairs:
+        return None
+    return max(float((a.double() - b.double()).abs().max()) if a.numel() else 0.0 for a, b in pairs)
+
+
+def _compile_bucket(
+    model: Any, inputs: list[Any], options: Options
+) -> tuple[Any, Any, list[Any], float]:
+    """Compile ``model`` for exactly these shapes; call it once; return (compiled, output, reports, s)."""
+    from torch_rc.backends.compiler import GraphReport
+    from torch_rc.backends.dynamo import compile_graph
+
+    sink: list[GraphReport] = []
+
+    def backend(gm: torch.fx.GraphModule, example: list[Any]) -> Callable[..., Any]:
+        return compile_graph(gm, example, options, sink)[0]
+
+    start = time.perf_counter()
+    compiled = torch.compile(model, backend=backend, dynamic=False)
+    with torch.no_grad():
+        out = compiled(*inputs)
+    return compiled, out, sink, time.perf_counter() - start
+
+
+def _raise_recompile_limit(buckets: int) -> None:
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name) and getattr(config, name) < buckets + 4:
+            setattr(config, name, buckets + 4)
+
+
+def warmup(
+    model: Any,
+    example_inputs: Sequence[Any],
+    *,
+    shapes: Sequence[Sequence[Sequence[int]]] | None = None,
+    trials: int = 0,
+    time_limit_s: float = 0.0,
+    options: Mapping[str, Any] | None = None,
+    bundle: str | None = None,
+    progress: Callable[[int, int, BucketResult], None] | None = None,
+) -> WarmupReport:
+    """Compile (and with ``trials`` tune) ``model`` for each bucket of input shapes; fill the cache.
+
+    Args:
+        example_inputs: Inputs that fix the dtypes (and integer value ranges).
+        shapes: One list of shapes (one per tensor input) per bucket; default: the example's.
+        trials: Tuning budget per graph (0: compile with default schedules and stored records).
+        time_limit_s: Wall-clock limit for all tuning.
+        options: Further backend options (``cache_dir``, ``llm``, ...).
+        bundle: Write the whole cache to this bundle file at the end.
+
+    Raises:
+        OptionsError: A bad option. ValueError: a bucket with the wrong number of shapes.
+    """
+    merged = {**(options or {}), "trials": trials, "tune": "auto"}
+    if time_limit_s:
+        merged["tune_total_s"] = time_limit_s
+    resolved = Options.resolve(merged)
+    buckets = (
+        [list(map(tuple, b)) for b in shapes] if shapes else [signature_shapes(example_inputs)]
+    )
+    report = WarmupReport()
+    start = time.monotonic()
+    _raise_recompile_limit(len(buckets))
+    for index, bucket in enumerate(buckets):
+        inputs = inputs_like(example_inputs, bucket, seed=index)
+        torch._dynamo.reset()
+        compiled, out, sink, seconds = _compile_bucket(model, inputs, resolved)
+        with torch.no_grad():
+            want = model(*inputs)
+        runs = [g.tuning for g in sink if g.tuning is not None]
+        result = BucketResult(
+            shapes=bucket,
+            compile_s=seconds,
+            max_abs_error=_max_error(out, want),
+            graphs=len(sink),
+            tuned_kernels=sum(g.tuned_kernels for g in sink),
+            samples=sum(t.result.samples for r in runs for t in r.tasks if t.result is not None),
+        )
+        report.buckets.append(result)
+        if progress:
+            progress(index + 1, len(buckets), result)
+        if any(r.interrupted for r in runs):
+            report.interrupted = True
+            break
+    torch._dynamo.reset()
+    if bundle:
+        from torch_rc.cache.bundle import export_bundle
+        from torch_rc.cache.store import make_store
+
+        export_bundle(make_store(resolved.store_location()), bundle)
+        report.bundle = bundle
+    report.seconds = time.monotonic() - start
+    return report
+
+
+def signature_shapes(inputs: Sequence[Any]) -> list[tuple[int, ...]]:
+    return [tuple(x.shape) for x in inputs if isinstance(x, torch.Tensor)]
+
+
+class ServingModel:
+    """A model served from the cache: compiled buckets, eager fallback for other shapes.
+
+    Args:
+        model: The eager model (same code and weights as at warm-up).
+        example_inputs: Fix the dtypes of generated start-up inputs.
+        buckets: The warmed shapes (one list of shapes per bucket).
+        bundle: A bundle to import into the cache first (one call at start-up).
+        options: Backend options; ``tune`` is forced to ``"never"``.
+        allow_other_target: Import bundle entries made for another target (normally refused).
+
+    Raises:
+        CacheError: The bundle is missing, corrupted, or holds nothing usable here.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        example_inputs: Sequence[Any],
+        buckets: Sequence[Sequence[Sequence[int]]],
+        *,
+        bundle: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        allow_other_target: bool = False,
+    ) -> None:
+        from torch_rc.errors import CacheError
+
+        start = time.perf_counter()
+        self.model = model
+        self.options = Options.resolve({**(options or {}), "tune": "never"})
+        self.import_summary = None
+        if bundle:
+            from torch_rc.backends.target import host_target_key
+            from torch_rc.cache.bundle import import_bundle
+            from torch_rc.cache.store import make_store
+
+            summary = import_bundle(
+                make_store(self.options.store_location()),
+                bundle,
+                local_target=host_target_key(self.options),
+                allow_other_target=allow_other_target,
+            )
+            usable = summary.records_added + summary.artifacts_added + summary.artifacts_present
+            if usable == 0 and (summary.rejected_other_target or summary.rejected_other_version):
+                raise CacheError(
+                    f"bundle {bundle} holds nothing usable here: {summary.rejected_other_target} entries "
+                    f"for another target, {summary.rejected_other_version} for other versions"
+                )
+            self.import_summary = summary
+        self._lock = threading.Lock()  # TVM VMs are not re-entrant: one request at a time
+        self._compiled: dict[Signature, Any] = {}
+        self.reports: list[Any] = []
+        self.hits = 0
+        self.misses = 0
+        self.miss_shapes: collections.Counter[Signature] = collections.Counter()
+        _raise_recompile_limit(len(buckets))
+        for index, bucket in enumerate(buckets):
+            inputs = inputs_like(example_inputs, [tuple(s) for s in bucket], seed=index)
+            compiled, _, sink, _ = _compile_bucket(model, inputs, self.options)
+            self._compiled[signature(inputs)] = compiled
+            self.reports += sink
+        self.startup_s = time.perf_counter() - start
+
+    def __call__(self, *inputs: Any) -> Any:
+        return self.run(*inputs)[0]
+
+    def run(self, *inputs: Any) -> tuple[Any, bool]:
+        """The output, and whether compiled code (a warmed bucket) produced it."""
+        key = signature(inputs)
+        compiled = self._compiled.get(key)
+        with self._lock, torch.no_grad():
+            if compiled is None:
+                self.misses += 1
+                self.miss_shapes[key] += 1
+                return self.model(*inputs), False
+            self.hits += 1
+            return compiled(*inputs), True
+
+    def stats(self) -> dict[str, Any]:
+        """Hits, misses (with shapes), start-up time, and what the compiles did."""
+        return {
+            "buckets": len(self._compiled),
+            "hits": self.hits,
+            "misses": self.misses,
+            "miss_shapes": {str([list(s) for s, _ in k]): n for k, n in self.miss_shapes.items()},
+            "startup_s": round(self.startup_s, 3),
+            "graphs": len(self.reports),
+            "cache_hits": sum(r.cache == "hit" for r in self.reports),
+            "tuning_runs": sum(r.tuning is not None for r in self.reports),
+            "tuned_kernels": sum(r.tuned_kernels for r in self.reports),
+        }
