@@ -1,0 +1,151 @@
+"""Warm-up and serving in-process: buckets, bundles, misses, and bad input."""
+
+import tarfile
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from examples.serving.model import build_model, example_inputs
+from torch_rc.cli import main
+from torch_rc.errors import CacheError
+from torch_rc.serving import ServingModel, inputs_like, warmup
+
+BUCKETS = [[(1, 16)], [(2, 16)]]
+
+
+@pytest.fixture(scope="module")
+def warmed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("warm")
+    torch._dynamo.reset()
+    report = warmup(
+        build_model(),
+        example_inputs(),
+        shapes=BUCKETS,
+        options={"cache_dir": str(root / "cache")},
+        bundle=str(root / "b.trc"),
+    )
+    return root, report
+
+
+def test_warmup_checks_every_bucket_and_writes_a_bundle(warmed):
+    root, report = warmed
+    assert [b.shapes for b in report.buckets] == BUCKETS
+    assert all(b.max_abs_error is not None and b.max_abs_error < 1e-4 for b in report.buckets)
+    assert (root / "b.trc").stat().st_size > 0
+
+
+def test_replica_from_bundle_hits_the_cache_and_counts_misses(warmed, tmp_path):
+    root, _ = warmed
+    model = build_model()
+    serving = ServingModel(
+        model,
+        example_inputs(),
+        BUCKETS,
+        bundle=str(root / "b.trc"),
+        options={"cache_dir": str(tmp_path)},
+    )
+    stats = serving.stats()
+    assert stats["cache_hits"] == stats["graphs"] == 2 and stats["tuning_runs"] == 0
+    x = torch.randint(0, 1000, (2, 16))
+    out, compiled = serving.run(x)
+    assert compiled
+    y = torch.randint(0, 1000, (5, 16))
+    out2, compiled2 = serving.run(y)
+    assert not compiled2
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out2, model(y))
+    assert serving.stats()["misses"] == 1 and serving.stats()["miss_shapes"] == {"[[5, 16]]": 1}
+
+
+def test_bad_bundles_are_clear_errors_and_write_nothing(warmed, tmp_path):
+    root, _ = warmed
+    corrupted = tmp_path / "bad.trc"
+    corrupted.write_bytes((root / "b.trc").read_bytes()[:200])
+    cache = tmp_path / "cache"
+    with pytest.raises(CacheError, match="not a readable torch_rc bundle"):
+        ServingModel(
+            build_model(),
+            example_inputs(),
+            BUCKETS,
+            bundle=str(corrupted),
+            options={"cache_dir": str(cache)},
+        )
+    with pytest.raises(CacheError, match="does not exist"):
+        ServingModel(
+            build_model(),
+            example_inputs(),
+            BUCKETS,
+            bundle=str(tmp_path / "none.trc"),
+            options={"cache_dir": str(cache)},
+        )
+    from torch_rc.cache.store import make_store
+
+    assert make_store(str(cache / "store.sqlite")).stats()["artifacts"] == 0
+
+
+def test_bundle_for_another_target_is_refused(warmed, tmp_path, monkeypatch):
+    root, _ = warmed
+    import torch_rc.backends.target as target
+
+    monkeypatch.setattr(target, "host_target_key", lambda options: "llvm-some-other-cpu")
+    with pytest.raises(CacheError, match="nothing usable here"):
+        ServingModel(
+            build_model(),
+            example_inputs(),
+            BUCKETS,
+            bundle=str(root / "b.trc"),
+            options={"cache_dir": str(tmp_path)},
+        )
+
+
+def test_inputs_like_keeps_dtypes_and_token_range():
+    example = [torch.randint(5, 50, (1, 8))]
+    (x,) = inputs_like(example, [(3, 4)])
+    assert x.shape == (3, 4) and x.dtype == torch.int64 and 5 <= int(x.min()) and int(x.max()) < 50
+    with pytest.raises(ValueError, match="2 shapes for 1 tensor inputs"):
+        inputs_like(example, [(1,), (2,)])
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("model.onnx", "ONNX models are not supported yet"),
+        ("model.pt", "TorchScript files are not supported"),
+        ("missing.pt2", "missing.pt2 does not exist"),
+        ("no_such_pkg:build", "cannot import 'no_such_pkg'"),
+        ("not-a-path", "not of the form package.module:factory"),
+    ],
+)
+def test_warmup_cli_names_bad_models(tmp_path, monkeypatch, model, message):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(
+        main, ["warmup", model, "--input", "1x16:int64", "--cache-dir", str(tmp_path / "c")]
+    )
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "c").exists()  # nothing was written
+
+
+def test_warmup_cli_with_an_exported_program(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU()).eval()
+    torch.export.save(torch.export.export(model, (torch.randn(2, 16),)), str(tmp_path / "m.pt2"))
+    result = CliRunner().invoke(
+        main,
+        [
+            "warmup",
+            str(tmp_path / "m.pt2"),
+            "--input",
+            "2x16",
+            "--batch-sizes",
+            "2",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--bundle",
+            str(tmp_path / "m.trc"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "warmed 1 buckets" in result.output
+    with tarfile.open(tmp_path / "m.trc") as tar:
+        assert "manifest.json" in tar.getnames()
