@@ -62,7 +62,7 @@ def serve(backend: str, env: dict, requests: int) -> dict:
     try:
         while True:
             try:
-                stats = json.loads(urllib.request.urlopen(f"{base}/stats", timeout=5).read())
+                urllib.request.urlopen(f"{base}/stats", timeout=5).read()
                 break
             except OSError:
                 if proc.poll() is not None:
