@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 from collections.abc import Mapping
 from typing import Any, Literal, get_args, get_origin
@@ -96,6 +97,11 @@ class Options:
         llm_mode: ``"values"`` (the LLM picks concrete tile sizes etc.) or ``"mutators"`` (only
             mutator types; TVM picks values, as in the paper's code).
         llm_timeout_s: Per-request timeout of LLM calls.
+        llm_models: A pool of models sharing one search tree, cheapest first, escalating to the
+            largest (``docs/tuning.md``): a JSON list, or ``@file.json``; also
+            ``options={"llm": {"models": [...]}}``. Takes precedence over ``llm_model``.
+        llm_pool_lambda: λ of the pool's tree policy (weight of the bias toward cheaper models).
+        llm_escalate_every: Consecutive small-model regressions that trigger an escalation.
     """
 
     strict: bool = False
@@ -125,6 +131,9 @@ class Options:
     llm_api_key: str = dataclasses.field(default="", repr=False)
     llm_mode: LLMMode = "values"
     llm_timeout_s: float = 60.0
+    llm_models: str = ""
+    llm_pool_lambda: float = 0.5
+    llm_escalate_every: int = 2
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -149,6 +158,17 @@ class Options:
                 raise OptionsError(f"option {name!r} must be >= 0, got {getattr(self, name)}")
         if self.tune_branching < 1:
             raise OptionsError(f"option 'tune_branching' must be >= 1, got {self.tune_branching}")
+        if self.llm_models:
+            from torch_rc.tuning.pool import parse_pool
+
+            try:
+                parse_pool(self.llm_models, environ={})
+            except ValueError as exc:
+                raise OptionsError(f"option 'llm_models': {exc}") from None
+        if self.llm_escalate_every < 1:
+            raise OptionsError(
+                f"option 'llm_escalate_every' must be >= 1, got {self.llm_escalate_every}"
+            )
         if self.llm_timeout_s <= 0:
             raise OptionsError(f"option 'llm_timeout_s' must be > 0, got {self.llm_timeout_s}")
 
@@ -159,7 +179,7 @@ class Options:
 
     @property
     def llm_enabled(self) -> bool:
-        return self.tune != "never" and bool(self.llm_base_url or self.llm_model)
+        return self.tune != "never" and bool(self.llm_base_url or self.llm_model or self.llm_models)
 
     @classmethod
     def resolve(
@@ -196,8 +216,12 @@ class Options:
             if key == "llm" and isinstance(value, Mapping):
                 # options={"llm": {"base_url": ..., "model": ..., "api_key": ...}}
                 for sub, sub_value in value.items():
+                    if sub == "models" and not isinstance(sub_value, str):
+                        sub_value = json.dumps(sub_value)
                     merged[_check_key(f"llm_{sub}", "torch.compile option llm.")] = sub_value
                 continue
+            if key == "llm_models" and not isinstance(value, str):
+                value = json.dumps(value)
             merged[_check_key(key, "torch.compile option")] = value
         return cls(**merged)
 

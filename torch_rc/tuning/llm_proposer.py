@@ -225,9 +225,25 @@ class LLMProposer:
     def propose(
         self, context: Context[ScheduleState], count: int, rng: random.Random
     ) -> Sequence[Proposal[ScheduleState]]:
-        reply = self.client.chat(self.prompt(context, count), self.schema(count))
+        out, _ = self.ask(context, count, rng)
+        return self.fill(context, count, rng, out)
+
+    def ask(
+        self,
+        context: Context[ScheduleState],
+        count: int,
+        rng: random.Random,
+        messages: list[dict[str, str]] | None = None,
+        schema: dict[str, Any] | None = None,
+    ) -> tuple[list[Proposal[ScheduleState]], dict[str, Any] | None]:
+        """One call: the valid proposals (at most ``count``) and the parsed answer (None if the
+        call failed or nothing parsed). Counts everything; does not fall back."""
+        reply = self.client.chat(
+            messages or self.prompt(context, count), schema or self.schema(count)
+        )
         out: list[Proposal[ScheduleState]] = []
         self.proposed += count
+        answer: dict[str, Any] | None = None
         if reply.error:
             self.failed_calls += 1
         else:
@@ -253,6 +269,17 @@ class LLMProposer:
                 self.rationales.append(rationale)
                 out.append(Proposal(label, new, rationale, self.label))
         self.accepted += len(out)
+        return out, answer
+
+    def fill(
+        self,
+        context: Context[ScheduleState],
+        count: int,
+        rng: random.Random,
+        out: list[Proposal[ScheduleState]],
+    ) -> list[Proposal[ScheduleState]]:
+        """``out`` topped up to ``count`` by the fallback proposer (counted as fallbacks)."""
+        out = list(out)
         if len(out) < count:
             extra = [
                 p

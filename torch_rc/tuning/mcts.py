@@ -35,6 +35,7 @@ class Proposal(Generic[S]):
     state: S
     rationale: str = ""
     source: str = "builtin"
+    next_model: str = ""  # a model pool's joint action: who should expand this child next
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class Context(Generic[S]):
     score: float
     ancestors: tuple[tuple[S, float], ...]
     actions: tuple[str, ...]
+    source: str = ""  # who proposed this node
+    next_model: str = ""  # the model its proposer asked to expand it next
+    ancestor_sources: tuple[str, ...] = ()  # who proposed each ancestor, nearest first
 
 
 class Proposer(Protocol[S]):
@@ -71,6 +75,7 @@ class Node(Generic[S]):
     action: str = ""
     source: str = ""
     rationale: str = ""
+    next_model: str = ""
     children: list[Node[S]] = field(default_factory=list)
     visits: int = 0
     value_sum: float = 0.0
@@ -103,6 +108,9 @@ class SearchResult(Generic[S]):
     curve: list[tuple[int, float]]
     root: Node[S]
     nodes: int
+    improvements: list[tuple[int, str]] = field(
+        default_factory=list
+    )  # (samples, source) of each new best
 
 
 def _uct(child: Node[S], parent_visits: int, exploration: float) -> float:
@@ -135,6 +143,7 @@ def search(
     actions: tuple[str, ...] = (),
     max_expansions: int | None = None,
     should_stop: Callable[[], bool] | None = None,
+    select: Callable[[list[Node[S]], int], Node[S]] | None = None,
 ) -> SearchResult[S]:
     """Search for a fast state, spending at most ``budget`` real measurements.
 
@@ -155,6 +164,8 @@ def search(
         actions: Names of the legal actions, passed to the proposer.
         max_expansions: Stop after this many expansions even if budget remains (default 50 x budget).
         should_stop: Polled every round; True ends the search early (a wall-clock limit).
+        select: Tree policy choosing among open children (default UCT with ``exploration``);
+            a model pool passes a model-aware one.
     """
     root: Node[S] = Node(root_state)
     seen: dict[S, Node[S]] = {root_state: root}
@@ -164,6 +175,7 @@ def search(
     fastest = [math.inf]
 
     measured: list[Node[S]] = []
+    improvements: list[tuple[int, str]] = []
 
     def set_reward(node: Node[S], reward: float) -> None:
         # Replace the node's own contribution; its ancestors' sums change by the same delta.
@@ -186,6 +198,7 @@ def search(
             if latency < fastest[0]:
                 fastest[0] = latency
                 best[0] = node
+                improvements.append((samples[0], node.source or "root"))
                 # Rewards are fastest / latency: a new best rescales every measured node.
                 for other in measured:
                     set_reward(other, fastest[0] / other.latency)  # type: ignore[operator]
@@ -206,9 +219,21 @@ def search(
             if not open_children:
                 break  # a fresh leaf, or one whose subtree is used up: (re-)expand it
             parent_visits = max(leaf.visits, 1)
-            leaf = max(open_children, key=lambda c, v=parent_visits: _uct(c, v, exploration))
+            if select is not None:
+                leaf = select(open_children, parent_visits)
+            else:
+                leaf = max(open_children, key=lambda c, v=parent_visits: _uct(c, v, exploration))
         ancestors = tuple((n.state, n.reward) for n in leaf.path()[-context_depth - 1 : -1][::-1])
-        context = Context(leaf.state, leaf.reward, ancestors, actions)
+        path = leaf.path()
+        context = Context(
+            leaf.state,
+            leaf.reward,
+            ancestors,
+            actions,
+            leaf.source,
+            leaf.next_model,
+            tuple(n.source for n in path[-context_depth - 1 : -1][::-1]),
+        )
         proposals = [p for p in proposer.propose(context, branching, rng) if p.state not in seen]
         expansions += 1
         if not proposals:
@@ -228,6 +253,7 @@ def search(
                 proposal.action,
                 proposal.source,
                 proposal.rationale,
+                proposal.next_model,
                 reward=float(predicted),
             )
             leaf.children.append(child)
@@ -250,4 +276,4 @@ def search(
         if stop():
             break
         record(node)
-    return SearchResult(best[0], samples[0], curve, root, len(seen))
+    return SearchResult(best[0], samples[0], curve, root, len(seen), improvements)

@@ -170,6 +170,19 @@ def _proposer(space: DesignSpace, options: Options, hardware: Any) -> Any:
     rules = RuleProposer(space, hardware)
     if not options.llm_enabled:
         return rules
+    if options.llm_models:
+        from torch_rc.tuning.pool import PoolProposer, parse_pool
+
+        models = parse_pool(
+            options.llm_models, timeout_s=options.llm_timeout_s, mode=options.llm_mode
+        )
+        return PoolProposer(
+            space,
+            hardware,
+            models,
+            escalate_every=options.llm_escalate_every,
+            lam=options.llm_pool_lambda,
+        )
     from torch_rc.tuning.llm_client import LLMClient, LLMConfig
     from torch_rc.tuning.llm_proposer import LLMProposer
 
@@ -349,7 +362,9 @@ def _promote(database: Any, task: Task, result: TuneResult, target: Any, propose
         samples=result.samples,
         method=result.method,
         proposer=result.proposer,
-        models=(stats["model"],) if "model" in stats else (),
+        models=tuple(m for m, v in stats["models"].items() if v["calls"])
+        if isinstance(stats.get("models"), dict)
+        else ((stats["model"],) if "model" in stats else ()),
         tokens=int(stats.get("prompt_tokens", 0)) + int(stats.get("completion_tokens", 0)),
     )
 

@@ -175,7 +175,7 @@ def tune_workload(
         result.interrupted = True
     result.seconds = time.monotonic() - start
     if proposer is not None and hasattr(proposer, "stats"):
-        result.stats = dict(proposer.stats())
+        result.stats = {**dict(proposer.stats()), **result.stats}
     return result
 
 
@@ -221,12 +221,21 @@ def _run_mcts(
         context_depth=context_depth,
         actions=space.actions,
         should_stop=tracker.out_of_time,
+        select=getattr(proposer, "select", None),
     )
+    tracker.result.stats["improvements_by_source"] = _count_sources(outcome.improvements)
     if outcome.best is not None:
         path = outcome.best.path()
         tracker.result.steps = [
             Step(node.action, node.source, node.rationale, node.latency) for node in path[1:]
         ]
+
+
+def _count_sources(improvements: list[tuple[int, str]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _, source in improvements:
+        counts[source] = counts.get(source, 0) + 1
+    return counts
 
 
 def _pick_root(
