@@ -96,6 +96,13 @@ def run(args) -> dict:
     hw = host_hardware()
     target = tvm_api().cpu_target(hw.cores)
     methods = ["evolutionary", "mcts-builtin"] + (["mcts-llm"] if args.llm_url else [])
+    pool_models = []
+    if args.pool:
+        from torch_rc.tuning.pool import parse_pool
+
+        pool_models = _reachable(parse_pool(args.pool, mode=args.llm_mode))
+        if pool_models:
+            methods += ["pool", "single-small", "single-large"]
     results: dict = {
         "hardware": hw.describe(),
         "samples": args.samples,
@@ -112,6 +119,15 @@ def run(args) -> dict:
             for seed in args.seeds:
                 space = DesignSpace(KERNELS[name](), target, seed=1 + seed)
                 proposer = RuleProposer(space, hw)
+                if method in ("pool", "single-small", "single-large"):
+                    from torch_rc.tuning.pool import PoolProposer
+
+                    chosen = {
+                        "pool": pool_models,
+                        "single-small": pool_models[:1],
+                        "single-large": pool_models[-1:],
+                    }[method]
+                    proposer = PoolProposer(space, hw, chosen)
                 if method == "mcts-llm":
                     config = LLMConfig(
                         base_url=args.llm_url,
@@ -130,6 +146,11 @@ def run(args) -> dict:
                     trials=args.samples,
                     seed=seed,
                 )
+                if method in ("pool", "single-small", "single-large", "mcts-llm"):
+                    st = result.stats
+                    print(
+                        f"    calls {st.get('calls')}, tokens {st.get('prompt_tokens', 0) + st.get('completion_tokens', 0)}, cost {st.get('cost', 0)}, fallback {st.get('fallback_rate')}"
+                    )
                 entry["runs"].setdefault(method, []).append(
                     {
                         "seed": seed,
@@ -146,6 +167,32 @@ def run(args) -> dict:
                 )
         results["kernels"][name] = entry
     return results
+
+
+def _reachable(models):
+    """Pool entries whose endpoint answers /models; unreachable ones are reported and dropped."""
+    import urllib.request
+
+    from torch_rc.tuning.pool import _theta
+
+    theta = _theta(models)
+    ordered = sorted(models, key=lambda m: theta[m.name])
+    out = []
+    for m in ordered:
+        url = (m.config.base_url or "https://api.openai.com/v1").rstrip("/") + "/models"
+        request = urllib.request.Request(
+            url, headers={"Authorization": f"Bearer {m.config.api_key}"} if m.config.api_key else {}
+        )
+        try:
+            urllib.request.urlopen(request, timeout=5).read()
+            out.append(m)
+            print(f"pool: {m.name} ({m.config.model}) reachable")
+        except Exception as exc:  # noqa: BLE001 - any failure means unreachable here
+            print(f"pool: {m.name} ({m.config.model}) UNREACHABLE ({type(exc).__name__}); left out")
+    if len(out) < 2:
+        print("pool: fewer than two reachable models; pool methods skipped")
+        return []
+    return out
 
 
 def best_after(curve, n):
@@ -224,7 +271,14 @@ def plot(results: dict, path: Path) -> None:
                     ys,
                     where="post",
                     label=method if i == 0 else None,
-                    color={"evolutionary": "C0", "mcts-builtin": "C1", "mcts-llm": "C2"}[method],
+                    color={
+                        "evolutionary": "C0",
+                        "mcts-builtin": "C1",
+                        "mcts-llm": "C2",
+                        "pool": "C3",
+                        "single-small": "C4",
+                        "single-large": "C5",
+                    }[method],
                     alpha=0.8,
                 )
         ax.set_title(kernel)
@@ -260,6 +314,11 @@ def main() -> None:
     parser.add_argument("--llm-model", default="gemma-3-270m")
     parser.add_argument("--llm-key", default="")
     parser.add_argument("--llm-mode", default="values", choices=["values", "mutators"])
+    parser.add_argument(
+        "--pool",
+        default="",
+        help="a model pool (JSON list or @file.json, see torch_rc/tuning/pool.py): adds pool, single-small and single-large",
+    )
     parser.add_argument("--out", default="bench_out/sample_efficiency", help="output directory")
     args = parser.parse_args()
     args.kernels = [k for k in args.kernels.split(",") if k]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 __all__ = ["latest_run", "load_run", "print_run", "plot_run"]
@@ -76,17 +77,74 @@ def print_run(run: dict[str, Any], console: Console, steps: int = 8) -> None:
             f"{stats['fallback_rate']:.0%}" if "fallback_rate" in stats else "-",
         )
     console.print(table)
+    pools = [t for t in run["tasks"] if isinstance((t.get("stats") or {}).get("models"), dict)]
+    if pools:
+        _print_pool(pools, console)
     for task in run["tasks"]:
         if not task.get("steps"):
             continue
         console.print(f"[bold]{task['name']}[/]: path to the best schedule")
         for step in task["steps"][:steps]:
             latency = f"{step['latency_s'] * 1e3:.4f} ms" if step.get("latency_s") else "predicted"
-            console.print(f"  [{step['source']}] {step['action']} -> {latency}")
+            # LLM text and sources like "[llm:small]" must not be read as rich markup.
+            console.print(escape(f"  [{step['source']}] {step['action']} -> {latency}"))
             if step.get("rationale"):
-                console.print(f"      why: {step['rationale']}")
+                console.print(escape(f"      why: {step['rationale']}"))
         if len(task["steps"]) > steps:
             console.print(f"  ... {len(task['steps']) - steps} more steps")
+
+
+def _print_pool(tasks: list[dict[str, Any]], console: Console) -> None:
+    """Per-model accounting of a model pool, summed over kernels."""
+    totals: dict[str, dict[str, float]] = {}
+    improvements: dict[str, int] = {}
+    for task in tasks:
+        for name, m in task["stats"]["models"].items():
+            row = totals.setdefault(name, {})
+            for key in (
+                "calls",
+                "accepted",
+                "errors",
+                "prompt_tokens",
+                "completion_tokens",
+                "cost",
+                "escalations",
+                "kept_escalations",
+            ):
+                row[key] = row.get(key, 0) + m.get(key, 0)
+        for source, n in (task["stats"].get("improvements_by_source") or {}).items():
+            improvements[source.removeprefix("llm:")] = (
+                improvements.get(source.removeprefix("llm:"), 0) + n
+            )
+    calls = sum(r["calls"] for r in totals.values()) or 1
+    found = sum(improvements.values()) or 1
+    table = Table(
+        "model",
+        "calls",
+        "share",
+        "accepted",
+        "errors",
+        "tokens",
+        "cost",
+        "escalations (kept)",
+        "improvements",
+    )
+    for name, r in totals.items():
+        table.add_row(
+            name,
+            str(int(r["calls"])),
+            f"{r['calls'] / calls:.0%}",
+            str(int(r["accepted"])),
+            str(int(r["errors"])),
+            str(int(r["prompt_tokens"] + r["completion_tokens"])),
+            f"{r['cost']:.4f}",
+            f"{int(r['escalations'])} ({int(r['kept_escalations'])})",
+            f"{improvements.get(name, 0) / found:.0%}",
+        )
+    console.print(
+        "[bold]model pool[/] (improvements: share of new bests each model's proposals made)"
+    )
+    console.print(table)
 
 
 def plot_run(run: dict[str, Any], path: Path) -> int:

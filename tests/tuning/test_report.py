@@ -1,0 +1,89 @@
+"""Rendering of run logs: the per-kernel table, the path, per-model pool accounting, the PNG."""
+
+import json
+
+import pytest
+from rich.console import Console
+
+from torch_rc.tuning.report import load_run, plot_run, print_run
+
+RUN = {
+    "method": "mcts",
+    "proposer": "pool",
+    "trials": 8,
+    "seconds": 3.0,
+    "interrupted": False,
+    "hardware": "CPU",
+    "tasks": [
+        {
+            "name": "fused_matmul",
+            "key": "k",
+            "weight": 1,
+            "flops": 1.0,
+            "trials": 8,
+            "status": "tuned",
+            "error": "",
+            "default_s": 2e-4,
+            "samples": 8,
+            "best_s": 1e-4,
+            "untuned_s": None,
+            "proposer": "pool",
+            "curve": [[1, 3e-4], [4, 1e-4]],
+            "steps": [
+                {
+                    "action": "set d7 = [4, 4, 1, 8]",
+                    "source": "llm:small",
+                    "rationale": "vectorise j",
+                    "latency_s": 1e-4,
+                }
+            ],
+            "stats": {
+                "calls": 3,
+                "prompt_tokens": 300,
+                "completion_tokens": 60,
+                "fallback_rate": 0.25,
+                "improvements_by_source": {"llm:small": 1, "root": 1},
+                "models": {
+                    "small": {
+                        "calls": 2,
+                        "accepted": 3,
+                        "errors": 0,
+                        "prompt_tokens": 200,
+                        "completion_tokens": 40,
+                        "cost": 0.001,
+                        "escalations": 0,
+                        "kept_escalations": 0,
+                    },
+                    "large": {
+                        "calls": 1,
+                        "accepted": 1,
+                        "errors": 0,
+                        "prompt_tokens": 100,
+                        "completion_tokens": 20,
+                        "cost": 0.5,
+                        "escalations": 1,
+                        "kept_escalations": 1,
+                    },
+                },
+            },
+        }
+    ],
+}
+
+
+def test_report_shows_results_path_rationale_and_pool_accounting(tmp_path):
+    console = Console(record=True, width=200)
+    print_run(RUN, console)
+    text = console.export_text()
+    assert "2.00x" in text and "vectorise j" in text and "[llm:small] set d7" in text
+    assert "model pool" in text and "67%" in text and "1 (1)" in text and "50%" in text
+    assert plot_run(RUN, tmp_path / "c.png") == 1
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_load_run_names_bad_files(tmp_path):
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a tuning run log"):
+        load_run(tmp_path / "x.json")
+    (tmp_path / "y.json").write_text(json.dumps(RUN))
+    assert load_run(tmp_path / "y.json")["proposer"] == "pool"
