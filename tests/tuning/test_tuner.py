@@ -65,3 +65,21 @@ def test_time_limit_stops_early_and_keeps_the_best(space):
 def test_bad_method_is_named(space):
     with pytest.raises(ValueError, match="method must be one of mcts, evolutionary"):
         tune_workload(space, Measurer(space.target), method="annealing")
+
+
+def test_ctrl_c_keeps_the_best_found_so_far(space, monkeypatch):
+    measurer = Measurer(space.target, repeats=1, min_repeat_ms=1)
+    real = measurer.measure
+    calls = []
+
+    def interrupted_on_the_fourth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(measurer, "measure", interrupted_on_the_fourth)
+    hw = host_hardware()
+    result = tune_workload(space, measurer, proposer=RuleProposer(space, hw), hardware=hw, trials=50)
+    assert result.interrupted and result.samples == 3
+    assert result.best_measurement is not None and result.best_measurement.check.passed
