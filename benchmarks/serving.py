@@ -155,7 +155,7 @@ def main() -> None:
         )
     rc = results[-1]["stats"]
     print(
-        f"reasoning replica: {rc.get('cache_hits')}/{rc.get('graphs')} graphs from the bundle, tuning runs {rc.get('tuning_runs')}, tuned kernels {rc.get('tuned_kernels')}"
+        f"reasoning replica: {rc.get('cache_hits')}/{rc.get('graphs')} graphs from the bundle, tuning runs {rc.get('tuning_runs')}, kernels rebuilt from tuned records {rc.get('kernels_built_from_records')} (artifacts already hold the tuned kernels)"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
