@@ -84,19 +84,44 @@ def main() -> None:
     """
 
 
-@main.group()
-@click.option(
+_CACHE_DIR = click.option(
     "--cache-dir",
     envvar="TORCH_RC_CACHE_DIR",
     default=None,
     help="Cache directory (default: TORCH_RC_CACHE_DIR, else the platform's user cache dir).",
 )
-@click.option(
+_CACHE_URL = click.option(
     "--cache-url",
     envvar="TORCH_RC_CACHE_URL",
     default=None,
     help="A shared cache server (redis://host:port/db) instead of the local directory.",
 )
+_LLM_URL = click.option(
+    "--llm-url",
+    envvar="TORCH_RC_LLM_BASE_URL",
+    default="",
+    help="OpenAI-compatible endpoint for LLM-guided tuning (the key is read from OPENAI_API_KEY / "
+    "TORCH_RC_LLM_API_KEY, never from the command line).",
+)
+_LLM_MODEL = click.option(
+    "--llm-model", envvar="TORCH_RC_LLM_MODEL", default="", help="Model name at that endpoint."
+)
+
+
+def _location_options(**given: Any) -> dict[str, Any]:
+    """Backend options from CLI flags that were given (cache location, LLM endpoint)."""
+    names = {
+        "cache_dir": "cache_dir",
+        "cache_url": "cache_url",
+        "llm_url": "llm_base_url",
+        "llm_model": "llm_model",
+    }
+    return {names[k]: v for k, v in given.items() if v}
+
+
+@main.group()
+@_CACHE_DIR
+@_CACHE_URL
 @click.pass_context
 def cache(ctx: click.Context, cache_dir: str | None, cache_url: str | None) -> None:
     """Inspect, ship and maintain the persistent tuning and artifact cache."""
@@ -323,20 +348,6 @@ def cache_explain(
 
 
 # ----------------------------------------------------------------------------- tuning
-_CACHE_DIR = click.option(
-    "--cache-dir",
-    envvar="TORCH_RC_CACHE_DIR",
-    default=None,
-    help="Cache directory (default: TORCH_RC_CACHE_DIR, else the platform's user cache dir).",
-)
-_CACHE_URL = click.option(
-    "--cache-url",
-    envvar="TORCH_RC_CACHE_URL",
-    default=None,
-    help="A shared cache server (redis://host:port/db) instead of the local directory.",
-)
-
-
 def _load_model(spec: str) -> Any:
     """``package.module:factory`` -> the module (calling the factory if it is callable)."""
     import importlib
@@ -420,15 +431,8 @@ def _parse_input(spec: str) -> Any:
 @click.option(
     "--method", type=click.Choice(["mcts", "evolutionary"]), default="mcts", show_default=True
 )
-@click.option(
-    "--llm-url",
-    envvar="TORCH_RC_LLM_BASE_URL",
-    default="",
-    help="OpenAI-compatible endpoint for the LLM proposer (the key is read from OPENAI_API_KEY / TORCH_RC_LLM_API_KEY, never from the command line).",
-)
-@click.option(
-    "--llm-model", envvar="TORCH_RC_LLM_MODEL", default="", help="Model name at that endpoint."
-)
+@_LLM_URL
+@_LLM_MODEL
 @click.option(
     "--llm-mode",
     type=click.Choice(["values", "mutators"]),
@@ -475,16 +479,9 @@ def tune(
         "llm_mode": llm_mode,
     }
     options.update(
-        {
-            k: v
-            for k, v in (
-                ("cache_dir", cache_dir),
-                ("cache_url", cache_url),
-                ("llm_base_url", llm_url),
-                ("llm_model", llm_model),
-            )
-            if v
-        }
+        _location_options(
+            cache_dir=cache_dir, cache_url=cache_url, llm_url=llm_url, llm_model=llm_model
+        )
     )
     if trials < 1:
         raise click.BadParameter("must be >= 1", param_hint="--trials")
@@ -643,13 +640,8 @@ def _parse_bucket(spec: str) -> list[tuple[int, ...]]:
     help="Tuning budget per graph (0: default schedules and stored records only).",
 )
 @click.option("--time-limit", default=0.0, help="Wall-clock limit of all tuning, seconds.")
-@click.option(
-    "--llm-url",
-    envvar="TORCH_RC_LLM_BASE_URL",
-    default="",
-    help="OpenAI-compatible endpoint for LLM-guided tuning (key from OPENAI_API_KEY).",
-)
-@click.option("--llm-model", envvar="TORCH_RC_LLM_MODEL", default="")
+@_LLM_URL
+@_LLM_MODEL
 @click.option(
     "--bundle",
     default=None,
@@ -700,16 +692,9 @@ def warmup(
                 f"bucket {bucket} has {len(bucket)} shapes for {len(examples)} inputs",
                 param_hint="--bucket",
             )
-    options = {
-        k: v
-        for k, v in (
-            ("cache_dir", cache_dir),
-            ("cache_url", cache_url),
-            ("llm_base_url", llm_url),
-            ("llm_model", llm_model),
-        )
-        if v
-    }
+    options = _location_options(
+        cache_dir=cache_dir, cache_url=cache_url, llm_url=llm_url, llm_model=llm_model
+    )
     loaded = _load_any_model(model)
 
     def progress(done: int, total: int, result: Any) -> None:

@@ -172,16 +172,13 @@ def explain(
         mode: As ``torch.compile``'s ``mode=``.
         print_report: Pretty-print the report as well as returning it.
     """
-    from torch_rc.backends.dynamo import compile_graph
+    from torch_rc.backends.dynamo import reporting_backend
 
     # explain() analyses afresh: cached decisions would hide what lowers and what is faster.
     resolved = Options.resolve(options, mode).replace(cache=False)
     sink: list[GraphReport] = []
 
-    def backend(gm: torch.fx.GraphModule, inputs: list[Any]) -> Callable[..., Any]:
-        return compile_graph(gm, inputs, resolved, sink)[0]
-
-    compiled = torch.compile(model, backend=backend)
+    compiled = torch.compile(model, backend=reporting_backend(resolved, sink))
     with torch.no_grad():
         compiled(*example_inputs)
     report = CoverageReport(graphs=sink)

@@ -102,15 +102,12 @@ def _compile_bucket(
 ) -> tuple[Any, Any, list[Any], float]:
     """Compile ``model`` for exactly these shapes; call it once; return (compiled, output, reports, s)."""
     from torch_rc.backends.compiler import GraphReport
-    from torch_rc.backends.dynamo import compile_graph
+    from torch_rc.backends.dynamo import reporting_backend
 
     sink: list[GraphReport] = []
 
-    def backend(gm: torch.fx.GraphModule, example: list[Any]) -> Callable[..., Any]:
-        return compile_graph(gm, example, options, sink)[0]
-
     start = time.perf_counter()
-    compiled = torch.compile(model, backend=backend, dynamic=False)
+    compiled = torch.compile(model, backend=reporting_backend(options, sink), dynamic=False)
     with torch.no_grad():
         out = compiled(*inputs)
     return compiled, out, sink, time.perf_counter() - start

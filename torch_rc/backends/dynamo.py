@@ -51,6 +51,16 @@ def reasoning(
     return compiled
 
 
+def reporting_backend(options: Options, sink: list[GraphReport]) -> Callable[..., Any]:
+    """A Dynamo backend compiling with ``options`` that appends every GraphReport to ``sink``
+    (what ``explain``, ``tune`` and serving use to see what each compile did)."""
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        return compile_graph(gm, example_inputs, options, sink)[0]
+
+    return backend
+
+
 def compile_graph(
     gm: torch.fx.GraphModule,
     example_inputs: Sequence[object],

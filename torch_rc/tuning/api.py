@@ -57,7 +57,7 @@ def tune(
         OptionsError: A bad option (named).
     """
     from torch_rc.backends.compiler import GraphReport
-    from torch_rc.backends.dynamo import compile_graph
+    from torch_rc.backends.dynamo import reporting_backend
 
     merged = dict(options or {})
     merged.setdefault("trials", trials)
@@ -66,11 +66,8 @@ def tune(
         resolved = resolved.replace(tune="auto")  # an explicit tune() call means tune
     sink: list[GraphReport] = []
 
-    def backend(gm: torch.fx.GraphModule, inputs: list[Any]) -> Callable[..., Any]:
-        return compile_graph(gm, inputs, resolved, sink)[0]
-
     torch._dynamo.reset()
-    compiled = torch.compile(model, backend=backend)
+    compiled = torch.compile(model, backend=reporting_backend(resolved, sink))
     with torch.no_grad():
         got = compiled(*example_inputs)
         want = model(*example_inputs)

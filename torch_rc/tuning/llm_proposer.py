@@ -29,7 +29,7 @@ from torch_rc.tuning.mcts import Context, Proposal
 from torch_rc.tuning.rules import RuleProposer
 from torch_rc.tuning.space import DesignSpace, ScheduleState
 
-__all__ = ["LLMProposer", "parse_answer"]
+__all__ = ["LLMProposer", "parse_answer", "top_up"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,20 @@ _SYSTEM = (
     "vectorisation of the innermost loop, register tiles, cache-sized tiles, enough parallel "
     "iterations for the cores, and unrolling. Answer with JSON only, in the format asked."
 )
+
+
+def top_up(
+    fallback: Any,
+    context: Context[ScheduleState],
+    count: int,
+    rng: random.Random,
+    out: Sequence[Proposal[ScheduleState]],
+) -> list[Proposal[ScheduleState]]:
+    """The fallback's proposals that are not already in ``out``, as many as ``out`` lacks."""
+    have = {p.state for p in out}
+    return [p for p in fallback.propose(context, count, rng) if p.state not in have][
+        : count - len(out)
+    ]
 
 
 def parse_answer(text: str) -> dict[str, Any] | None:
@@ -279,16 +293,11 @@ class LLMProposer:
         out: list[Proposal[ScheduleState]],
     ) -> list[Proposal[ScheduleState]]:
         """``out`` topped up to ``count`` by the fallback proposer (counted as fallbacks)."""
-        out = list(out)
-        if len(out) < count:
-            extra = [
-                p
-                for p in self.fallback.propose(context, count, rng)
-                if p.state not in {q.state for q in out}
-            ][: count - len(out)]
-            self.fallbacks += count - len(out)
-            out += extra
-        return out
+        missing = count - len(out)
+        if missing <= 0:
+            return list(out)
+        self.fallbacks += missing
+        return list(out) + top_up(self.fallback, context, count, rng, out)
 
     def stats(self) -> dict[str, Any]:
         stats = self.client.stats()

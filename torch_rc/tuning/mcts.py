@@ -223,8 +223,8 @@ def search(
                 leaf = select(open_children, parent_visits)
             else:
                 leaf = max(open_children, key=lambda c, v=parent_visits: _uct(c, v, exploration))
-        ancestors = tuple((n.state, n.reward) for n in leaf.path()[-context_depth - 1 : -1][::-1])
         path = leaf.path()
+        ancestors = tuple((n.state, n.reward) for n in path[-context_depth - 1 : -1][::-1])
         context = Context(
             leaf.state,
             leaf.reward,

@@ -43,7 +43,7 @@ from typing import Any
 
 from torch_rc.tuning.hardware import Hardware
 from torch_rc.tuning.llm_client import LLMClient, LLMConfig
-from torch_rc.tuning.llm_proposer import LLMProposer
+from torch_rc.tuning.llm_proposer import LLMProposer, top_up
 from torch_rc.tuning.mcts import Context, Node, Proposal
 from torch_rc.tuning.rules import RuleProposer
 from torch_rc.tuning.space import DesignSpace, ScheduleState
@@ -351,11 +351,7 @@ class PoolProposer:
                     self.regressions = 0
         out = [Proposal(p.action, p.state, p.rationale, p.source, next_model) for p in out]
         if len(out) < count:
-            extra = [
-                p
-                for p in self.fallback.propose(context, count, rng)
-                if p.state not in {q.state for q in out}
-            ][: count - len(out)]
+            extra = top_up(self.fallback, context, count, rng, out)
             self.fallbacks += count - len(out)
             out += [
                 Proposal(p.action, p.state, p.rationale, p.source, self._best_hit_rate())
