@@ -20,6 +20,7 @@ __all__ = [
     "tvm_api",
     "check_versions",
     "load_cpu_vm",
+    "prepare_cuda_compiler",
     "prepare_meta_schedule",
     "start_cpu_vm",
     "SUPPORTED_TVM",
@@ -182,3 +183,39 @@ def prepare_meta_schedule(target_kind: str = "llvm") -> None:
     needed = {"llvm": ("x86",), "cuda": ("cuda",)}.get(target_kind, ())
     for submodule in needed:
         importlib.import_module(f"{name}.{submodule}")
+
+
+@functools.cache
+def prepare_cuda_compiler() -> str:
+    """Make CUDA kernels loadable: register TVM's compile callback and pick its compiler.
+
+    TVM 0.27 keeps CUDA kernels as CUDA C source in built and exported modules; the CUDA runtime
+    compiles them when a module is loaded, through the ``tvm_callback_cuda_compile`` function that
+    ``tvm.support.nvcc`` registers (without it the load fails: "fmt=='cuda' requires
+    tvm_callback_cuda_compile to be registered"). That callback uses NVRTC through
+    ``cuda-bindings`` by default, else ``nvcc`` with ``TVM_CUDA_COMPILE_MODE=nvcc``. This picks
+    NVRTC when ``cuda.bindings`` imports, else nvcc when it is on PATH (a user's own
+    ``TVM_CUDA_COMPILE_MODE`` is kept), and returns which.
+
+    Raises:
+        TVMVersionError: Neither compiler is available.
+    """
+    import importlib.util
+    import os
+    import shutil
+
+    tvm_api()
+    import tvm.support.nvcc  # noqa: F401  (registers tvm_callback_cuda_compile)
+
+    chosen = os.environ.get("TVM_CUDA_COMPILE_MODE", "").lower()
+    if chosen:
+        return chosen
+    if importlib.util.find_spec("cuda") is not None and importlib.util.find_spec("cuda.bindings"):
+        return "nvrtc"
+    if shutil.which("nvcc"):
+        os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
+        return "nvcc"
+    raise TVMVersionError(
+        "no CUDA compiler for TVM's CUDA kernels: install NVRTC's Python bindings "
+        "(pip install cuda-bindings nvidia-cuda-nvrtc) or put the CUDA toolkit's nvcc on PATH"
+    )

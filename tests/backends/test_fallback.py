@@ -87,7 +87,7 @@ def _build_kernel(fn, *example):
     target = detect_target(Options())
     ex = build_executable(lowered.mod, target, Options())
     return TVMKernel.from_executable(
-        ex, target.tvm_device(), lowered.inputs, lowered.outputs, lowered.single_output, "k"
+        ex, target, lowered.inputs, lowered.outputs, lowered.single_output, "k"
     )
 
 
@@ -102,6 +102,11 @@ def test_kernel_rejects_wrong_shape_with_both_shapes_named():
         kernel(torch.randn(7, 8), w)
     with pytest.raises(InputMismatchError, match="float64"):
         kernel(x.double(), w)
+    # A CPU kernel never reads another device's memory (a CUDA tensor's pointer, say).
+    with pytest.raises(
+        InputMismatchError, match="input 1 is on meta but the kernel was compiled for cpu"
+    ):
+        kernel(x, torch.empty(8, 4, device="meta"))
 
 
 def test_kernel_returns_tuples_and_takes_noncontiguous_inputs():

@@ -4,22 +4,53 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch_rc.backends.schedule import default_schedule_pass
+from torch_rc.backends.schedule import default_schedule_pass, gpu_default_schedule_pass
 from torch_rc.backends.target import TargetInfo
 from torch_rc.errors import BuildError
 from torch_rc.options import Options
 from torch_rc.tvm_shim import tvm_api
 
-__all__ = ["build_executable", "relax_pipeline"]
+__all__ = ["build_executable", "legalize_and_fuse_passes", "relax_pipeline"]
+
+
+def legalize_and_fuse_passes(target: Any) -> list[Any]:
+    """The library dispatch, legalization and fusion passes for ``target`` (a
+    ``tvm.target.Target``), without any schedule: the kernels tuning extracts, and what schedules
+    are applied to."""
+    tvm = tvm_api().tvm
+    if str(target.kind.name) == "cuda":
+        from tvm.relax.backend.cuda import pipeline as cuda
+
+        transform = tvm.relax.transform
+        # cuda.legalize_passes ends with dlight's default GPU schedules; torch_rc inserts tuned
+        # records before them, so the fusion passes are listed here without it.
+        return cuda.library_dispatch_passes(target) + [
+            transform.LegalizeOps(),
+            transform.AnnotateTIROpPattern(),
+            transform.FoldConstant(),
+            transform.FuseOps(),
+            transform.FuseTIR(),
+        ]
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    return cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
 
 
 def relax_pipeline(target: TargetInfo, options: Options, tuned: bool = False) -> Any:
-    """TVM's CPU pipeline with schedules inserted after operator fusion: tuned records from the
-    current MetaSchedule database first (``tuned``), torch_rc's default schedules for the rest."""
+    """TVM's CPU or CUDA pipeline with schedules inserted after operator fusion: tuned records
+    from the current MetaSchedule database first (``tuned``), default schedules for the rest
+    (torch_rc's CPU rule; dlight's GPU rules, which every GPU kernel needs: an unscheduled one
+    binds no threads and fails to build)."""
     tvm = tvm_api().tvm
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    if target.kind == "cuda":
+        from tvm.relax.backend.cuda import pipeline as lower
+    else:
+        from tvm.relax.backend.cpu_generic import pipeline as lower
 
-    schedule = [default_schedule_pass()] if options.schedule == "default" else []
+    if target.kind == "cuda":
+        schedule = [gpu_default_schedule_pass()]
+    else:
+        schedule = [default_schedule_pass()] if options.schedule == "default" else []
     if tuned:
         schedule = [tvm.relax.transform.MetaScheduleApplyDatabase()] + schedule
 
@@ -27,11 +58,10 @@ def relax_pipeline(target: TargetInfo, options: Options, tuned: bool = False) ->
     def _pipeline(mod: Any, _ctx: Any) -> Any:
         with target.target:
             passes = (
-                cpu.library_dispatch_passes(target.target)
-                + cpu.legalize_passes(target.target)
+                legalize_and_fuse_passes(target.target)
                 + schedule
-                + cpu.dataflow_lower_passes(target.target)
-                + cpu.finalize_passes(target.target)
+                + lower.dataflow_lower_passes(target.target)
+                + lower.finalize_passes(target.target)
             )
             return tvm.transform.Sequential(passes)(mod)
 

@@ -18,7 +18,7 @@ from torch_rc.backends.compiler import GraphReport, compile_aten_graph
 from torch_rc.backends.decompositions import decomposition_table
 from torch_rc.backends.gate import GraphGate
 from torch_rc.backends.specialize import SpecializingGraph, has_symbolic_shapes
-from torch_rc.backends.target import detect_target, graph_device, host_target_key
+from torch_rc.backends.target import detect_target, graph_device, target_key
 from torch_rc.cache.artifacts import CompiledGraph, KernelBlob, options_dict, stored_kernels
 from torch_rc.cache.interface import TuningStore
 from torch_rc.cache.keys import artifact_key
@@ -85,7 +85,7 @@ def compile_graph(
         use_cache: Consult the persistent store (when ``options.cache`` is on).
     """
     example = list(example_inputs)
-    cacheable = not has_symbolic_shapes(example) and graph_device(example).type == "cpu"
+    cacheable = not has_symbolic_shapes(example) and graph_device(example).type in ("cpu", "cuda")
     if use_cache and options.cache and cacheable:
         store = open_store(options.store_location())
         if store is not None:
@@ -113,7 +113,7 @@ def _compile_cached(
         for k, v in options_dict(options).items()
         if k not in ("cache", "cache_dir") and k not in TUNING_OPTIONS
     }
-    details = artifact_key(gm, example, key_options, host_target_key(options))
+    details = artifact_key(gm, example, key_options, target_key(options, graph_device(example)))
     with store.lock(details.key):
         # A compile that tunes rebuilds with its new records (and then replaces the artifact);
         # kernels tuned before are found in the store and not tuned again.
@@ -164,11 +164,9 @@ def _compile(
         return SpecializingGraph(gm, compile_static), report
 
     device = graph_device(example_inputs)
-    if device.type != "cpu":
-        report = GraphReport(
-            index=index,
-            target=f"none: {device.type} graphs run in PyTorch (no {device.type} path yet)",
-        )
+    unsupported = _unsupported_device(device)
+    if unsupported:
+        report = GraphReport(index=index, target=f"none: {unsupported}")
         _sink(report_sink, report)
         logger.warning("torch_rc: %s", report.target)
         return gm.forward, report
@@ -180,7 +178,7 @@ def _compile(
         report.choice, report.choice_reason = "eager", "cached decision from an earlier run"
         _sink(report_sink, report)
         return gm.forward, report
-    target = detect_target(options)
+    target = detect_target(options, device)
     report = GraphReport(index=index, target=target.description)
     _sink(report_sink, report)
 
@@ -231,6 +229,22 @@ def _compile(
     )
     report.rerun_safe = report.rerun_safe and not needs_grad
     return GraphGate(compiled, gm.forward, report, options, decisions.get("graph")), report
+
+
+def _unsupported_device(device: torch.device) -> str:
+    """Why graphs on ``device`` run in PyTorch, or ``""`` when torch_rc compiles for it."""
+    if device.type == "cpu":
+        return ""
+    if device.type != "cuda":
+        return f"{device.type} graphs run in PyTorch (torch_rc compiles for CPUs and CUDA GPUs)"
+    from torch_rc.errors import TVMVersionError
+    from torch_rc.tvm_shim import prepare_cuda_compiler
+
+    try:
+        prepare_cuda_compiler()
+    except TVMVersionError as exc:
+        return f"cuda graphs run in PyTorch: {exc}"
+    return ""
 
 
 def _sink(report_sink: list[GraphReport] | None, report: GraphReport) -> None:

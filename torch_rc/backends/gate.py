@@ -9,13 +9,12 @@ re-run for timing (that would change the user's state): they keep the compiled v
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 from torch_rc.backends.compiler import GraphReport
 from torch_rc.backends.first_call import FirstCallDispatch
+from torch_rc.backends.timing import median_ms
 from torch_rc.options import Options
 
 __all__ = ["GraphGate"]
@@ -64,14 +63,10 @@ class GraphGate:
                 "no partition runs on TVM; the original graph skips decomposition overhead",
             )
             return result
-        times: dict[str, list[float]] = {"eager": [], "compiled": []}
-        for _ in range(self.options.measure_repeats):
-            for name, fn in (("eager", self.eager), ("compiled", self.compiled)):
-                start = time.perf_counter()
-                fn(*args)
-                times[name].append(time.perf_counter() - start)
-        eager_ms = statistics.median(times["eager"]) * 1e3
-        compiled_ms = statistics.median(times["compiled"]) * 1e3
+        ms = median_ms(
+            {"eager": self.eager, "compiled": self.compiled}, args, self.options.measure_repeats
+        )
+        eager_ms, compiled_ms = ms["eager"], ms["compiled"]
         self.report.eager_ms, self.report.compiled_ms = eager_ms, compiled_ms
         if compiled_ms < eager_ms:
             self._choose(

@@ -1,4 +1,4 @@
-"""Default CPU schedules for untuned TIR kernels.
+"""Default schedules for untuned TIR kernels (CPU: torch_rc's rule below; GPU: dlight's rules).
 
 Unscheduled TIR compiles to single-threaded scalar loops that run 10-100x slower than PyTorch
 (docs/tvm-facts.md). Until tuned records exist, every kernel gets this rule: inline what can be
@@ -17,7 +17,7 @@ import torch
 
 from torch_rc.tvm_shim import tvm_api
 
-__all__ = ["default_schedule_pass", "vector_bytes"]
+__all__ = ["default_schedule_pass", "gpu_default_schedule_pass", "vector_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,19 @@ def default_schedule_pass() -> Any:
     dlight = api.s_tir.dlight
     rule = _make_rule(dlight, vector_bytes())
     return dlight.ApplyDefaultSchedule(rule)
+
+
+def gpu_default_schedule_pass() -> Any:
+    """dlight's GPU rules (matmul, GEMV, reductions, and a fallback that binds every other
+    kernel's loops to blocks and threads), as TVM's own CUDA pipeline applies them."""
+    dlight = tvm_api().s_tir.dlight
+    return dlight.ApplyDefaultSchedule(
+        dlight.gpu.Matmul(),
+        dlight.gpu.GEMV(),
+        dlight.gpu.Reduction(),
+        dlight.gpu.GeneralReduction(),
+        dlight.gpu.Fallback(),
+    )
 
 
 def _make_rule(dlight: Any, vbytes: int) -> Any:

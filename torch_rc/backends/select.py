@@ -8,8 +8,7 @@ so a model is never silently slower than eager and never silently wrong.
 
 from __future__ import annotations
 
-import statistics
-import time
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,10 +16,13 @@ import torch
 
 from torch_rc.backends.first_call import FirstCallDispatch
 from torch_rc.backends.runtime import TVMKernel
-from torch_rc.errors import VerificationError
+from torch_rc.backends.timing import median_ms
+from torch_rc.errors import InputMismatchError, VerificationError
 from torch_rc.options import Options
 
 __all__ = ["PartitionReport", "SelectingPartition", "tolerances"]
+
+logger = logging.getLogger(__name__)
 
 # Stop timing a side once this much time has been spent on it (slow partitions get fewer runs).
 _TIMING_BUDGET_S = 1.0
@@ -94,7 +96,18 @@ class SelectingPartition(torch.nn.Module):
             self._dispatch.choose(self.eager)
             return self.eager(*args)
         expected = self.eager(*args)
-        actual = assert_kernel(*args)
+        try:
+            actual = assert_kernel(*args)
+        except InputMismatchError:
+            raise
+        except Exception as exc:  # e.g. a CUDA kernel whose (lazy) compile or launch fails
+            if self.options.strict:
+                raise
+            self.report.status = "failed"
+            self.report.reason = f"TVM kernel failed on its first call: {type(exc).__name__}: {str(exc).strip()[-300:]}"
+            logger.warning("torch_rc: %s runs in PyTorch: %s", self.report.name, self.report.reason)
+            self._dispatch.choose(self.eager)
+            return expected
         if self.options.verify:
             problem = self._compare(expected, actual)
             if problem:
@@ -152,19 +165,13 @@ class SelectingPartition(torch.nn.Module):
         return ""
 
     def _time(self, args: tuple[torch.Tensor, ...]) -> tuple[float, float]:
-        times: dict[str, list[float]] = {"torch": [], "tvm": []}
-        sides = {"torch": self.eager, "tvm": self.kernel}
-        spent = {"torch": 0.0, "tvm": 0.0}
-        for _ in range(self.options.measure_repeats):
-            for name, fn in sides.items():
-                if spent[name] > _TIMING_BUDGET_S and times[name]:
-                    continue
-                start = time.perf_counter()
-                fn(*args)  # type: ignore[misc]
-                elapsed = time.perf_counter() - start
-                times[name].append(elapsed)
-                spent[name] += elapsed
-        return statistics.median(times["torch"]) * 1e3, statistics.median(times["tvm"]) * 1e3
+        ms = median_ms(
+            {"torch": self.eager, "tvm": self.kernel},  # type: ignore[dict-item]
+            args,
+            self.options.measure_repeats,
+            _TIMING_BUDGET_S,
+        )
+        return ms["torch"], ms["tvm"]
 
 
 def _flat(value: object) -> list[torch.Tensor]:
