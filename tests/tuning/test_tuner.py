@@ -80,6 +80,8 @@ def test_ctrl_c_keeps_the_best_found_so_far(space, monkeypatch):
 
     monkeypatch.setattr(measurer, "measure", interrupted_on_the_fourth)
     hw = host_hardware()
-    result = tune_workload(space, measurer, proposer=RuleProposer(space, hw), hardware=hw, trials=50)
+    result = tune_workload(
+        space, measurer, proposer=RuleProposer(space, hw), hardware=hw, trials=50
+    )
     assert result.interrupted and result.samples == 3
     assert result.best_measurement is not None and result.best_measurement.check.passed

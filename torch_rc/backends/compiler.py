@@ -109,7 +109,11 @@ def compile_aten_graph(
     lowered: dict[str, Any] = {}
     if options.tuning and result.partitions:
         for name in result.partitions:
-            if (decisions or {}).get(name) in ("torch", "failed") or name in (prebuilt or {}):
+            if (
+                (decisions or {}).get(name) in ("torch", "failed")
+                or name in (prebuilt or {})
+                or _device_mismatch(calls[name], target)
+            ):
                 continue
             try:
                 lowered[name] = lower_partition(getattr(parent, name), _input_values(calls[name]))
@@ -118,8 +122,18 @@ def compile_aten_graph(
         if lowered:
             from torch_rc.tuning.session import tune_modules
 
+            hardware = None
+            if target.gpu is not None:
+                from torch_rc.tuning.hardware import gpu_hardware
+
+                hardware = gpu_hardware(target.gpu)
             run = tune_modules(
-                [low.mod for low in lowered.values()], target.target, target.key, options, database
+                [low.mod for low in lowered.values()],
+                target.target,
+                target.key,
+                options,
+                database,
+                hardware=hardware,
             )
             report.tuning = run
     for name in result.partitions:
@@ -132,8 +146,13 @@ def compile_aten_graph(
             part.status, part.reason = "torch", f"cached decision from an earlier run ({preset})"
             setattr(parent, name, SelectingPartition(sub, None, part, options))
             continue
+        mismatch = _device_mismatch(calls[name], target)
+        if mismatch:
+            part.status, part.reason = "torch", mismatch
+            setattr(parent, name, SelectingPartition(sub, None, part, options))
+            continue
         blob = (prebuilt or {}).get(name)
-        kernel = _load_kernel(blob, calls[name], part) if blob is not None else None
+        kernel = _load_kernel(blob, calls[name], part, target) if blob is not None else None
         if kernel is None:
             kernel = _build_kernel(
                 sub, calls[name], target, options, part, database, lowered.get(name)
@@ -171,7 +190,7 @@ def _build_kernel(
         executable = build_executable(lowered.mod, target, options, database)
         return TVMKernel.from_executable(
             executable,
-            target.tvm_device(),
+            target,
             lowered.inputs,
             lowered.outputs,
             lowered.single_output,
@@ -189,7 +208,7 @@ def _build_kernel(
 def tuning_database(options: Options, target: TargetInfo) -> Any:
     """The store as a MetaSchedule database for ``target``, when the cache holds tuned records
     (or this compile tunes); None otherwise, so untuned compiles never import MetaSchedule."""
-    if not options.cache or target.kind != "cpu":
+    if not options.cache:
         return None
     from torch_rc.cache.store import open_store
 
@@ -201,15 +220,33 @@ def tuning_database(options: Options, target: TargetInfo) -> Any:
     from torch_rc.cache.ms_database import make_database
     from torch_rc.tvm_shim import prepare_meta_schedule
 
-    prepare_meta_schedule("llvm")
+    prepare_meta_schedule("cuda" if target.kind == "cuda" else "llvm")
     return make_database(store, target.key)
+
+
+def _device_mismatch(call: torch.fx.Node, target: TargetInfo) -> str:
+    """Why a partition cannot run on ``target``'s device (inputs elsewhere), or ``""``."""
+    want = target.torch_device
+    others = sorted(
+        {
+            str(value.device)
+            for value in _input_values(call)
+            if isinstance(value, torch.Tensor)
+            and (value.device.type != want.type or (value.device.index or 0) != (want.index or 0))
+        }
+    )
+    if not others:
+        return ""
+    return f"inputs on {', '.join(others)}: a {target.kind} kernel needs them all on {want}"
 
 
 def _input_values(call: torch.fx.Node) -> list[object]:
     return [arg.meta.get("val") if isinstance(arg, torch.fx.Node) else arg for arg in call.args]
 
 
-def _load_kernel(blob: Any, call: torch.fx.Node, part: PartitionReport) -> TVMKernel | None:
+def _load_kernel(
+    blob: Any, call: torch.fx.Node, part: PartitionReport, target: TargetInfo
+) -> TVMKernel | None:
     """A kernel from a stored library, or None when the blob does not fit this partition."""
     try:
         specs = tuple(tensor_spec(value) for value in _input_values(call))
@@ -221,7 +258,7 @@ def _load_kernel(blob: Any, call: torch.fx.Node, part: PartitionReport) -> TVMKe
         )
         return None
     return TVMKernel.from_library(
-        blob.library, blob.inputs, blob.outputs, blob.single_output, name=part.name
+        blob.library, blob.inputs, blob.outputs, blob.single_output, name=part.name, target=target
     )
 
 

@@ -79,14 +79,22 @@ def tune(
     return report
 
 
-def tune_tir(mod: Any, *, trials: int = 64, options: Mapping[str, Any] | None = None) -> TuningRun:
-    """Tune one TIR workload (an IRModule with a ``main`` PrimFunc) and store the result."""
+def tune_tir(
+    mod: Any,
+    *,
+    trials: int = 64,
+    options: Mapping[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+) -> TuningRun:
+    """Tune one TIR workload (an IRModule with a ``main`` PrimFunc) for ``device`` (the CPU or a
+    CUDA GPU) and store the result."""
     from torch_rc.backends.compiler import tuning_database
     from torch_rc.backends.target import detect_target
+    from torch_rc.tuning.hardware import gpu_hardware
     from torch_rc.tuning.session import Task, tune_modules
 
     resolved = Options.resolve({**(options or {}), "trials": trials})
-    target = detect_target(resolved)
+    target = detect_target(resolved, torch.device(device))
     database = tuning_database(resolved, target)
     return tune_modules(
         [],
@@ -96,4 +104,5 @@ def tune_tir(mod: Any, *, trials: int = 64, options: Mapping[str, Any] | None = 
         database,
         trials=trials,
         tasks=[Task("main", "", mod, 1, 1.0)],
+        hardware=gpu_hardware(target.gpu) if target.gpu is not None else None,
     )

@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from torch_rc.tuning.hardware import Hardware
+from torch_rc.tuning.hardware import AnyHardware
 from torch_rc.tuning.rules import rule_score
 from torch_rc.tuning.space import DesignSpace, ScheduleState
 from torch_rc.tvm_shim import tvm_api
@@ -42,7 +42,7 @@ class XGBCostModel:
     """
 
     def __init__(
-        self, space: DesignSpace, hardware: Hardware, *, warmup: int = 8, seed: int = 43
+        self, space: DesignSpace, hardware: AnyHardware, *, warmup: int = 8, seed: int = 43
     ) -> None:
         self.space = space
         self.hardware = hardware

@@ -1,7 +1,9 @@
-"""What the tuning proposers know about the machine: cores, vector width, caches.
+"""What the tuning proposers know about the machine: cores, vector width, caches; or the GPU's
+SMs, warp size, shared memory and registers.
 
-Read once from the OS (``/sys`` cache sizes, the CPU capability PyTorch detected); the same
-description feeds the built-in proposer's rules and the LLM prompt.
+Read once from the OS (``/sys`` cache sizes, the CPU capability PyTorch detected) or from PyTorch's
+CUDA device properties; the same description feeds the built-in proposer's rules and the LLM
+prompt.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import psutil
 import torch
 
 from torch_rc.backends.schedule import vector_bytes
+from torch_rc.backends.target import GPUProperties
 
-__all__ = ["Hardware", "host_hardware"]
+__all__ = ["AnyHardware", "GPUHardware", "Hardware", "gpu_hardware", "host_hardware"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,8 @@ class Hardware:
     l2_bytes: int
     l3_bytes: int
     isa: str
+
+    kind = "cpu"
 
     def lanes(self, dtype_bits: int = 32) -> int:
         return max(1, self.vector_bytes * 8 // dtype_bits)
@@ -103,3 +108,44 @@ def host_hardware(num_threads: int | None = None) -> Hardware:
         l3_bytes=caches.get(3, 8 * 1024**2),
         isa=isa,
     )
+
+
+@dataclass(frozen=True)
+class GPUHardware:
+    """An NVIDIA GPU as the tuner sees it (see :class:`torch_rc.backends.target.GPUProperties`)."""
+
+    name: str
+    arch: str
+    sms: int
+    warp_size: int
+    max_threads_per_block: int
+    shared_memory_per_block: int
+    registers_per_block: int
+    l2_bytes: int
+
+    kind = "cuda"
+
+    def describe(self) -> str:
+        return (
+            f"GPU {self.name} ({self.arch}): {self.sms} SMs, warp size {self.warp_size}, at most "
+            f"{self.max_threads_per_block} threads and {self.shared_memory_per_block // 1024} KiB "
+            f"shared memory per block, {self.registers_per_block} 32-bit registers per block, "
+            f"L2 {self.l2_bytes // (1024 * 1024)} MiB"
+        )
+
+
+def gpu_hardware(gpu: GPUProperties) -> GPUHardware:
+    """The tuner's view of ``gpu``."""
+    return GPUHardware(
+        name=gpu.name,
+        arch=gpu.arch,
+        sms=gpu.multi_processor_count,
+        warp_size=gpu.warp_size,
+        max_threads_per_block=gpu.max_threads_per_block,
+        shared_memory_per_block=gpu.shared_memory_per_block,
+        registers_per_block=gpu.registers_per_block,
+        l2_bytes=gpu.l2_cache_bytes,
+    )
+
+
+AnyHardware = Hardware | GPUHardware

@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from torch_rc.tuning.hardware import Hardware
+from torch_rc.tuning.hardware import AnyHardware
 from torch_rc.tuning.llm_client import LLMClient
 from torch_rc.tuning.mcts import Context, Proposal
 from torch_rc.tuning.rules import RuleProposer
@@ -86,7 +86,7 @@ class LLMProposer:
     def __init__(
         self,
         space: DesignSpace,
-        hardware: Hardware,
+        hardware: AnyHardware,
         client: LLMClient,
         fallback: RuleProposer | None = None,
     ) -> None:

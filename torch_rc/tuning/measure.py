@@ -19,7 +19,13 @@ import torch
 
 from torch_rc.cache.keys import workload_key
 from torch_rc.cache.records import Check
-from torch_rc.tuning.verify import compare, random_inputs, run_once
+from torch_rc.tuning.verify import (
+    compare,
+    random_inputs,
+    reference_target,
+    run_once,
+    target_device,
+)
 from torch_rc.tvm_shim import tvm_api
 
 __all__ = ["Measurement", "Measurer"]
@@ -67,6 +73,7 @@ class Measurer:
         self.repeats = repeats
         self.min_repeat_ms = min_repeat_ms
         self.seed = seed
+        self.device = target_device(target)
         self._references: dict[str, tuple[list[Any], torch.Tensor]] = {}
         self.count = 0  # real measurements made (the sample count everything reports)
 
@@ -74,7 +81,8 @@ class Measurer:
         key = workload_key(reference_mod["main"])
         if key not in self._references:
             arrays = random_inputs(reference_mod, self.seed)
-            want, _ = run_once(tvm_api().tvm.compile(reference_mod, self.target), arrays)
+            reference = tvm_api().tvm.compile(reference_mod, reference_target(self.target))
+            want, _ = run_once(reference, arrays)
             self._references[key] = (arrays, want)
         return self._references[key]
 
@@ -90,7 +98,7 @@ class Measurer:
             return Measurement(None, error=f"build failed: {type(exc).__name__}: {str(exc)[-300:]}")
         build_s = time.perf_counter() - start
         try:
-            got, tensors = run_once(executable, arrays)
+            got, tensors = run_once(executable, arrays, self.device)
         except Exception as exc:
             return Measurement(
                 None, error=f"run failed: {type(exc).__name__}: {str(exc)[-300:]}", build_s=build_s
@@ -98,9 +106,11 @@ class Measurer:
         check = compare(got, want, f"standard normal, seed {self.seed}")
         if not check.passed:
             return Measurement(None, check=check, error="wrong result", build_s=build_s)
+        # time_evaluator synchronises the device around each repeat, so GPU times are kernel
+        # times, not launch times.
         evaluator = executable.mod.time_evaluator(
             "main",
-            tvm_api().tvm.cpu(0),
+            self.device,
             number=1,
             repeat=self.repeats,
             min_repeat_ms=self.min_repeat_ms,

@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch_rc.tuning.hardware import Hardware
+from torch_rc.tuning.hardware import AnyHardware
 from torch_rc.tuning.llm_client import LLMClient, LLMConfig
 from torch_rc.tuning.llm_proposer import LLMProposer, top_up
 from torch_rc.tuning.mcts import Context, Node, Proposal
@@ -219,7 +219,7 @@ class PoolProposer:
     def __init__(
         self,
         space: DesignSpace,
-        hardware: Hardware,
+        hardware: AnyHardware,
         models: Sequence[PoolModel],
         *,
         clients: dict[str, LLMClient] | None = None,

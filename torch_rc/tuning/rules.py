@@ -13,6 +13,16 @@ sketches — scores every candidate state with rules about the hardware, and pro
 * **L1**: the data touched by the innermost reduction tile fits the L1 data cache;
 * **parallel**: the outermost spatial tiles give at least two iterations per core;
 * **unroll**: moderate auto-unroll (16 or 64 steps) over none or 512.
+
+On a GPU (MetaSchedule's ``SSSRRSRS`` tiling: spatial levels block, virtual thread, thread,
+then two per-thread levels) the rules are instead:
+
+* **threads**: threads per block (product of the thread level) a multiple of the warp size,
+  128-512 preferred, never above the block limit;
+* **occupancy**: at least two blocks per SM;
+* **registers**: 4-64 accumulators per thread (register reuse without spilling);
+* **shared**: the block's shared-memory tiles fit the per-block shared memory;
+* **unroll**: 64-512 steps.
 """
 
 from __future__ import annotations
@@ -22,11 +32,11 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from torch_rc.tuning.hardware import Hardware
+from torch_rc.tuning.hardware import AnyHardware, GPUHardware
 from torch_rc.tuning.mcts import Context, Proposal
 from torch_rc.tuning.space import Decision, DesignSpace, ScheduleState
 
-__all__ = ["RuleProposer", "rule_score"]
+__all__ = ["RuleProposer", "gpu_rule_score", "rule_score"]
 
 _UNROLL_PREFERENCE = {0: 0.6, 16: 1.0, 64: 1.0, 512: 0.7}
 _MUTATION_TRIES = 6
@@ -55,10 +65,53 @@ def _dtype_bits(space: DesignSpace) -> int:
     return bits
 
 
+_GPU_UNROLL_PREFERENCE = {0: 0.6, 16: 0.8, 32: 0.9, 64: 1.0, 128: 1.0, 256: 1.0, 512: 1.0}
+
+
+def gpu_rule_score(
+    space: DesignSpace, state: ScheduleState, hardware: GPUHardware
+) -> tuple[float, dict[str, float]]:
+    """The GPU rules' score of ``state`` in (0, 1] and each rule's factor."""
+    decisions = space.decisions[state.sketch]
+    tiles = [(d, state.value(d.index)) for d in decisions if d.kind == "tile"]
+    spatial = [v for d, v in tiles if d.spatial is not False and len(v) >= 5]
+    reduction = [v for d, v in tiles if d.spatial is False]
+    parts: dict[str, float] = {}
+    if spatial:
+        threads = math.prod(v[2] for v in spatial)
+        if threads > hardware.max_threads_per_block:
+            parts["threads"] = 0.05
+        elif threads % hardware.warp_size:
+            parts["threads"] = 0.3 * min(1.0, threads / hardware.warp_size)
+        else:
+            parts["threads"] = 1.0 if 128 <= threads <= 512 else 0.7
+        blocks = math.prod(v[0] for v in spatial)
+        wanted = 2 * hardware.sms
+        parts["occupancy"] = 1.0 if blocks >= wanted else max(0.1, blocks / wanted)
+        per_thread = math.prod(v[1] * v[3] * v[4] for v in spatial)
+        if per_thread < 4:
+            parts["registers"] = 0.5 + 0.5 * per_thread / 4
+        elif per_thread > 64:
+            parts["registers"] = max(0.1, 64 / per_thread)
+        else:
+            parts["registers"] = 1.0
+        k_tile = math.prod(math.prod(v[1:]) for v in reduction) if reduction else 1
+        block_tiles = [math.prod(v[1:]) for v in spatial]
+        shared = k_tile * sum(block_tiles[-2:]) * _dtype_bits(space) // 8
+        parts["shared"] = 1.0 if shared <= hardware.shared_memory_per_block else 0.05
+    for decision in decisions:
+        if decision.kind == "unroll":
+            steps = decision.candidates[state.value(decision.index)]
+            parts["unroll"] = _GPU_UNROLL_PREFERENCE.get(int(steps), 0.8)
+    return (math.prod(parts.values()) if parts else 0.5), parts
+
+
 def rule_score(
-    space: DesignSpace, state: ScheduleState, hardware: Hardware
+    space: DesignSpace, state: ScheduleState, hardware: AnyHardware
 ) -> tuple[float, dict[str, float]]:
     """The rules' score of ``state`` in (0, 1] and each rule's factor (for rationales)."""
+    if isinstance(hardware, GPUHardware):
+        return gpu_rule_score(space, state, hardware)
     decisions = space.decisions[state.sketch]
     lanes = hardware.lanes(_dtype_bits(space))
     bits = _dtype_bits(space)
@@ -113,7 +166,7 @@ class RuleProposer:
     label = "builtin"
 
     def __init__(
-        self, space: DesignSpace, hardware: Hardware, *, temperature: float = 0.15
+        self, space: DesignSpace, hardware: AnyHardware, *, temperature: float = 0.15
     ) -> None:
         self.space = space
         self.hardware = hardware
@@ -125,7 +178,10 @@ class RuleProposer:
     def _moves(self, state: ScheduleState, rng: random.Random) -> list[tuple[str, ScheduleState]]:
         space = self.space
         out: list[tuple[str, ScheduleState]] = []
-        lanes = self.hardware.lanes(_dtype_bits(space))
+        # On a GPU the innermost tile is per-thread work, not vector lanes: no lane moves.
+        lanes = (
+            0 if isinstance(self.hardware, GPUHardware) else self.hardware.lanes(_dtype_bits(space))
+        )
         tiles = [d for d in space.decisions[state.sketch] if d.kind == "tile"]
         innermost = [d for d in tiles if d.spatial is not False][-1:] or tiles[-1:]
         for decision in space.decisions[state.sketch]:

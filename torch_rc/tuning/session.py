@@ -24,7 +24,7 @@ from typing import Any
 
 from torch_rc.cache.keys import workload_key
 from torch_rc.options import Options
-from torch_rc.tuning.hardware import host_hardware
+from torch_rc.tuning.hardware import AnyHardware, host_hardware
 from torch_rc.tuning.measure import Measurer
 from torch_rc.tuning.rules import RuleProposer
 from torch_rc.tuning.space import DesignSpace
@@ -69,6 +69,7 @@ class TuningRun:
     interrupted: bool = False
     seconds: float = 0.0
     log_path: str = ""
+    hardware: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,7 +79,7 @@ class TuningRun:
             "trials": self.trials,
             "interrupted": self.interrupted,
             "seconds": round(self.seconds, 2),
-            "hardware": host_hardware().describe(),
+            "hardware": self.hardware or host_hardware().describe(),
             "tasks": [
                 {
                     "name": t.name,
@@ -113,12 +114,10 @@ def runs_dir(options: Options) -> Path:
 
 
 def _legalized(mod: Any, target: Any) -> Any:
-    api = tvm_api()
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    from torch_rc.backends.build import legalize_and_fuse_passes
 
     with target:
-        passes = cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
-        return api.tvm.transform.Sequential(passes)(mod)
+        return tvm_api().tvm.transform.Sequential(legalize_and_fuse_passes(target))(mod)
 
 
 def extract_tasks(mods: list[Any], target: Any) -> list[Task]:
@@ -205,6 +204,7 @@ def tune_modules(
     *,
     trials: int | None = None,
     tasks: list[Task] | None = None,
+    hardware: AnyHardware | None = None,
 ) -> TuningRun:
     """Tune the kernels of ``mods`` (Relax) for ``target``; see the module docstring.
 
@@ -213,12 +213,17 @@ def tune_modules(
             verified winners are promoted into it. None tunes without storing.
         trials: Overrides ``options.trials``.
         tasks: TIR workloads to tune instead of (or as well as) the kernels of ``mods``.
+        hardware: What the proposers are told about the machine (default: this host's CPU;
+            CUDA targets pass their GPU's).
     """
     # The backend runs inside Dynamo's fake-tensor mode; measuring needs real tensors.
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     with unset_fake_temporarily():
-        return _tune_modules(mods, target, target_key, options, database, trials, tasks or [])
+        hardware = hardware or host_hardware(options.num_threads or None)
+        return _tune_modules(
+            mods, target, target_key, options, database, trials, tasks or [], hardware
+        )
 
 
 def _tune_modules(
@@ -229,10 +234,10 @@ def _tune_modules(
     database: Any,
     trials: int | None,
     extra: list[Task],
+    hardware: AnyHardware,
 ) -> TuningRun:
     global _spent_s
     budget = options.trials if trials is None else trials
-    hardware = host_hardware(options.num_threads or None)
     proposer_label = (
         "llm:" + (options.llm_model or "gpt-4o-mini") if options.llm_enabled else "builtin"
     )
@@ -240,6 +245,7 @@ def _tune_modules(
         options.tune_method,
         proposer_label if options.tune_method == "mcts" else "metaschedule",
         budget,
+        hardware=hardware.describe(),
     )
     start = time.monotonic()
     deadline = start + options.tune_time_s if options.tune_time_s else math.inf
@@ -327,16 +333,18 @@ def _tune_modules(
 
 
 def _default_latency(mod: Any, measurer: Measurer) -> float | None:
-    """Latency of ``mod`` with torch_rc's default CPU schedule (what an untuned build runs)."""
-    from torch_rc.backends.schedule import default_schedule_pass
+    """Latency of ``mod`` with the default schedule (what an untuned build runs: torch_rc's CPU
+    rule, or dlight's GPU rules)."""
+    from torch_rc.backends.schedule import default_schedule_pass, gpu_default_schedule_pass
 
     try:
         # dlight's ApplyDefaultSchedule changes its input module in place (docs/tvm-facts.md):
         # schedule a deep copy so the task's module (and its key) stay as extracted.
         api = tvm_api()
         copy = api.tvm.ir.load_json(api.tvm.ir.save_json(mod))
+        gpu = str(measurer.target.kind.name) == "cuda"
         with measurer.target:
-            scheduled = default_schedule_pass()(copy)
+            scheduled = (gpu_default_schedule_pass() if gpu else default_schedule_pass())(copy)
         measurement = measurer.measure(mod, scheduled, count=False)
     except Exception:  # the default rule could not schedule it: any verified result is better
         return None

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch_rc.tuning.cost_model import XGBCostModel, make_xgb_model
-from torch_rc.tuning.hardware import Hardware
+from torch_rc.tuning.hardware import AnyHardware
 from torch_rc.tuning.mcts import search
 from torch_rc.tuning.measure import Measurement, Measurer
 from torch_rc.tuning.space import DesignSpace, ScheduleState
@@ -128,7 +128,7 @@ def tune_workload(
     *,
     method: str = "mcts",
     proposer: Any = None,
-    hardware: Hardware | None = None,
+    hardware: AnyHardware | None = None,
     trials: int = 64,
     seed: int = 0,
     time_limit_s: float | None = None,
@@ -183,7 +183,7 @@ def _run_mcts(
     space: DesignSpace,
     measurer: Measurer,
     proposer: Any,
-    hardware: Hardware,
+    hardware: AnyHardware,
     trials: int,
     seed: int,
     tracker: _Tracker,
@@ -239,7 +239,7 @@ def _count_sources(improvements: list[tuple[int, str]]) -> dict[str, int]:
 
 
 def _pick_root(
-    space: DesignSpace, hardware: Hardware, rng: random.Random, samples: int = 64
+    space: DesignSpace, hardware: AnyHardware, rng: random.Random, samples: int = 64
 ) -> ScheduleState:
     """The start of the search: the best of ``samples`` random states under the hardware rules
     (random walks of TVM's own mutators from each sketch; no measurement is spent on them)."""

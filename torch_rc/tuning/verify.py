@@ -13,7 +13,20 @@ from torch_rc.cache.records import Check
 from torch_rc.options import Options
 from torch_rc.tvm_shim import tvm_api
 
-__all__ = ["check_schedule", "compare", "random_inputs", "run_once"]
+__all__ = [
+    "check_schedule",
+    "compare",
+    "random_inputs",
+    "reference_target",
+    "run_once",
+    "target_device",
+]
+
+
+def reference_target(target: Any) -> Any:
+    """Where the unscheduled reference runs: the target itself on a CPU; on a GPU the host CPU
+    (an unscheduled GPU kernel binds no threads and does not build)."""
+    return target.host if str(target.kind.name) == "cuda" and target.host is not None else target
 
 
 def random_inputs(mod: Any, seed: int = 0) -> list[np.ndarray]:
@@ -33,10 +46,23 @@ def random_inputs(mod: Any, seed: int = 0) -> list[np.ndarray]:
     return arrays
 
 
-def run_once(executable: Any, arrays: list[np.ndarray]) -> tuple[torch.Tensor, list[Any]]:
-    """Run a built TIR function once on copies of ``arrays``; return its output and the tensors."""
+def target_device(target: Any) -> Any:
+    """The TVM device kernels built for ``target`` run on (CUDA targets: GPU 0 of this process,
+    i.e. the current torch CUDA device)."""
     tvm = tvm_api().tvm
-    tensors = [tvm.runtime.tensor(array.copy(), tvm.cpu(0)) for array in arrays]
+    if str(target.kind.name) == "cuda":
+        return tvm.cuda(torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    return tvm.cpu(0)
+
+
+def run_once(
+    executable: Any, arrays: list[np.ndarray], device: Any = None
+) -> tuple[torch.Tensor, list[Any]]:
+    """Run a built TIR function once on copies of ``arrays`` on ``device`` (CPU by default);
+    return its output (copied to the host, which waits for the kernel) and the tensors."""
+    tvm = tvm_api().tvm
+    device = device if device is not None else tvm.cpu(0)
+    tensors = [tvm.runtime.tensor(array.copy(), device) for array in arrays]
     executable["main"](*tensors)
     return torch.from_numpy(tensors[-1].numpy()), tensors
 
@@ -57,6 +83,7 @@ def check_schedule(reference_mod: Any, scheduled_mod: Any, target: Any, *, seed:
     """Build both modules for ``target``, run them on the same random inputs, compare outputs."""
     tvm = tvm_api().tvm
     arrays = random_inputs(reference_mod, seed)
-    want, _ = run_once(tvm.compile(reference_mod, target), arrays)
-    got, _ = run_once(tvm.compile(scheduled_mod, target), arrays)
+    device = target_device(target)
+    want, _ = run_once(tvm.compile(reference_mod, reference_target(target)), arrays)
+    got, _ = run_once(tvm.compile(scheduled_mod, target), arrays, device)
     return compare(got, want, f"standard normal, seed {seed}")
