@@ -4,6 +4,7 @@ import json
 import tarfile
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from torch_rc.backends.target import host_target_key
@@ -213,3 +214,39 @@ def test_tune_a_tir_workload(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "metaschedule" in result.output
+
+
+def test_bundle_warmed_on_one_gpu_kind_is_refused_on_another(tmp_path, monkeypatch):
+    import torch_rc.backends.target as target
+
+    h100, a100 = (target.gpu_target_key(target.KNOWN_GPUS[g]) for g in ("h100", "a100"))
+    fill(tmp_path / "src", h100)
+    cli("cache", "--cache-dir", str(tmp_path / "src"), "export", str(tmp_path / "b.trc"))
+    monkeypatch.setattr(
+        target, "local_target_keys", lambda options: [target.host_target_key(options), a100]
+    )
+    refused = cli("cache", "--cache-dir", str(tmp_path / "dst"), "import", str(tmp_path / "b.trc"))
+    assert refused.exit_code != 0
+    assert "made for NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)" in refused.output
+    assert "NVIDIA A100-SXM4-80GB (sm_80, 108 SMs)" in refused.output
+    assert SQLiteStore(tmp_path / "dst" / "store.sqlite").all_records() == []
+    monkeypatch.setattr(
+        target, "local_target_keys", lambda options: [target.host_target_key(options), h100]
+    )
+    same_kind = cli(
+        "cache", "--cache-dir", str(tmp_path / "dst"), "import", str(tmp_path / "b.trc")
+    )
+    assert same_kind.exit_code == 0 and "imported 2 records" in same_kind.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA devices")
+def test_device_flag_names_a_missing_gpu_or_a_bad_device(tmp_path):
+    for args in (
+        ["tune", "torch.nn:Identity", "--input", "8x32", "--device", "cuda"],
+        ["warmup", "torch.nn:Identity", "--input", "8x32", "--device", "cuda:1"],
+    ):
+        result = cli(*args, "--cache-dir", str(tmp_path))
+        assert result.exit_code == 2 and "no CUDA device here" in result.output, result.output
+    bad = cli("tune", "torch.nn:Identity", "--input", "8x32", "--device", "tpu")
+    assert bad.exit_code == 2 and "--device" in bad.output
+    assert not (tmp_path / "store.sqlite").exists()

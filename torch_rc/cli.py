@@ -67,11 +67,11 @@ def _store(location: tuple[str | None, str | None]) -> Any:
     return make_store(Options.resolve(given).store_location())
 
 
-def _local_target() -> str:
-    from torch_rc.backends.target import host_target_key
+def _local_targets() -> list[str]:
+    from torch_rc.backends.target import local_target_keys
     from torch_rc.options import Options
 
-    return host_target_key(Options.resolve())
+    return local_target_keys(Options.resolve())
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -106,6 +106,40 @@ _LLM_URL = click.option(
 _LLM_MODEL = click.option(
     "--llm-model", envvar="TORCH_RC_LLM_MODEL", default="", help="Model name at that endpoint."
 )
+
+_DEVICE = click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    metavar="cpu|cuda|cuda:N",
+    help="Where the model runs: the CPU, or a CUDA GPU (its kernels are built and tuned for it).",
+)
+
+
+def _place(model: Any, examples: list[Any], device: str) -> tuple[Any, list[Any]]:
+    """``model`` and ``examples`` moved to ``device`` (a clear error when there is none)."""
+    import torch
+
+    try:
+        where = torch.device(device)
+    except RuntimeError:
+        raise click.BadParameter(
+            f"{device!r} is not a device (cpu, cuda, cuda:1)", param_hint="--device"
+        ) from None
+    if where.type == "cpu":
+        return model, examples
+    if where.type != "cuda":
+        raise click.BadParameter(
+            f"{device!r}: torch_rc compiles for cpu and cuda", param_hint="--device"
+        )
+    if not torch.cuda.is_available():
+        raise click.BadParameter(
+            f"{device!r}: no CUDA device here (torch.cuda.is_available() is False)",
+            param_hint="--device",
+        )
+    if hasattr(model, "to"):
+        model = model.to(where)
+    return model, [x.to(where) if hasattr(x, "to") else x for x in examples]
 
 
 def _location_options(**given: Any) -> dict[str, Any]:
@@ -218,13 +252,14 @@ def cache_import(
     location: tuple[str | None, str | None], bundle: str, allow_other_target: bool
 ) -> None:
     """Merge BUNDLE into the cache (faster records win; entries for another target are refused)."""
-    from torch_rc.cache.bundle import import_bundle
+    from torch_rc.cache.bundle import describe_refusal, import_bundle
 
+    local = _local_targets()
     with _progress("import") as progress:
         summary = import_bundle(
             _store(location),
             bundle,
-            local_target=_local_target(),
+            local_target=local,
             allow_other_target=allow_other_target,
             progress=progress,
         )
@@ -236,10 +271,7 @@ def cache_import(
     )
     usable = summary.records_added + summary.artifacts_added + summary.artifacts_present
     if usable == 0 and (summary.rejected_other_target or summary.rejected_other_version):
-        raise click.ClickException(
-            "nothing in the bundle is usable here (made for another target or other versions); "
-            "pass --allow-other-target to import other targets anyway"
-        )
+        raise click.ClickException(describe_refusal(summary, local))
 
 
 @cache.command("prune")
@@ -441,6 +473,7 @@ def _parse_input(spec: str) -> Any:
     help="values: the LLM chooses concrete tile sizes etc.; mutators: only mutator types.",
 )
 @click.option("--seed", default=0, show_default=True)
+@_DEVICE
 @_CACHE_DIR
 @_CACHE_URL
 @click.option("--no-progress", is_flag=True, help="No progress display.")
@@ -456,6 +489,7 @@ def tune(
     llm_model: str,
     llm_mode: str,
     seed: int,
+    device: str,
     cache_dir: str | None,
     cache_url: str | None,
     no_progress: bool,
@@ -468,6 +502,7 @@ def tune(
       torch-rc tune mymodels:build_mlp --input 32x256 --trials 128
       torch-rc tune mymodels:bert --input 1x128:int64 --llm-url http://127.0.0.1:8080/v1 --llm-model gemma-3-270m
       torch-rc tune --tir matmul.py --trials 64 --method evolutionary
+      torch-rc tune mymodels:build_mlp --input 256x1024 --device cuda --trials 256
 
     Ctrl-C stops tuning and keeps what was tuned. Then: torch-rc report.
     """
@@ -503,15 +538,15 @@ def tune(
             raise click.BadParameter(
                 f"{tir}: the IRModule has no 'main' PrimFunc", param_hint="--tir"
             )
-        runs = [torch_rc.tune_tir(mod, trials=trials, options=options)]
+        _place(None, [], device)  # validates --device
+        runs = [torch_rc.tune_tir(mod, trials=trials, options=options, device=device)]
     else:
         if not model:
             raise click.UsageError("give MODEL (package.module:factory) or --tir FILE; see --help")
         if not inputs:
             raise click.UsageError("give at least one --input SHAPE[:DTYPE] for MODEL")
-        report = torch_rc.tune(
-            _load_model(model), [_parse_input(i) for i in inputs], trials=trials, options=options
-        )
+        placed, examples = _place(_load_model(model), [_parse_input(i) for i in inputs], device)
+        report = torch_rc.tune(placed, examples, trials=trials, options=options)
         runs = report.runs
         if report.max_abs_error is not None:
             console.print(f"compiled model vs eager: max abs error {report.max_abs_error:.2e}")
@@ -642,6 +677,7 @@ def _parse_bucket(spec: str) -> list[tuple[int, ...]]:
 @click.option("--time-limit", default=0.0, help="Wall-clock limit of all tuning, seconds.")
 @_LLM_URL
 @_LLM_MODEL
+@_DEVICE
 @click.option(
     "--bundle",
     default=None,
@@ -660,6 +696,7 @@ def warmup(
     time_limit: float,
     llm_url: str,
     llm_model: str,
+    device: str,
     bundle: str | None,
     cache_dir: str | None,
     cache_url: str | None,
@@ -695,7 +732,7 @@ def warmup(
     options = _location_options(
         cache_dir=cache_dir, cache_url=cache_url, llm_url=llm_url, llm_model=llm_model
     )
-    loaded = _load_any_model(model)
+    loaded, examples = _place(_load_any_model(model), examples, device)
 
     def progress(done: int, total: int, result: Any) -> None:
         error = "-" if result.max_abs_error is None else f"{result.max_abs_error:.1e}"

@@ -53,11 +53,13 @@ def inputs_like(
             continue
         shape = tuple(next(shape_iter))
         if x.dtype.is_floating_point:
-            out.append(torch.randn(shape, generator=generator).to(x.dtype))
+            out.append(torch.randn(shape, generator=generator).to(x.dtype).to(x.device))
         else:
             low, high = (int(x.min()), int(x.max()) + 1) if x.numel() else (0, 2)
             out.append(
-                torch.randint(low, max(high, low + 1), shape, generator=generator, dtype=x.dtype)
+                torch.randint(
+                    low, max(high, low + 1), shape, generator=generator, dtype=x.dtype
+                ).to(x.device)
             )
     return out
 
@@ -222,22 +224,20 @@ class ServingModel:
         self.options = Options.resolve({**(options or {}), "tune": "never"})
         self.import_summary = None
         if bundle:
-            from torch_rc.backends.target import host_target_key
-            from torch_rc.cache.bundle import import_bundle
+            from torch_rc.backends.target import local_target_keys
+            from torch_rc.cache.bundle import describe_refusal, import_bundle
             from torch_rc.cache.store import make_store
 
+            local = local_target_keys(self.options)
             summary = import_bundle(
                 make_store(self.options.store_location()),
                 bundle,
-                local_target=host_target_key(self.options),
+                local_target=local,
                 allow_other_target=allow_other_target,
             )
             usable = summary.records_added + summary.artifacts_added + summary.artifacts_present
             if usable == 0 and (summary.rejected_other_target or summary.rejected_other_version):
-                raise CacheError(
-                    f"bundle {bundle} holds nothing usable here: {summary.rejected_other_target} entries "
-                    f"for another target, {summary.rejected_other_version} for other versions"
-                )
+                raise CacheError(f"{bundle}: {describe_refusal(summary, local)}")
             self.import_summary = summary
         self._lock = threading.Lock()  # TVM VMs are not re-entrant: one request at a time
         self._compiled: dict[Signature, Any] = {}

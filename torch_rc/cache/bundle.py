@@ -15,7 +15,7 @@ import os
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,21 @@ BUNDLE_FORMAT = "torch_rc-bundle-1"
 Progress = Callable[[str, int, int], None]
 # Artifact key parts that must equal this environment's for an imported artifact to be usable.
 _VERSION_PARTS = ("torch", "tvm", "tvm_ffi", "torch_rc", "policy")
+
+
+def describe_refusal(summary: ImportSummary, local_targets: Collection[str]) -> str:
+    """Why nothing in a bundle was usable, naming the bundle's targets and this machine's."""
+    from torch_rc.backends.target import describe_target_key
+
+    made_for = ", ".join(describe_target_key(t) for t in summary.targets if t) or "unknown"
+    here = ", ".join(describe_target_key(t) for t in local_targets)
+    return (
+        f"the bundle holds nothing usable here: {summary.rejected_other_target} entries for "
+        f"another target, {summary.rejected_other_version} for other versions. It was made for "
+        f"{made_for}; this machine has {here}. A schedule tuned for one CPU or GPU kind is not "
+        "the right one for another; import anyway with allow_other_target=True "
+        "(--allow-other-target), or warm up on this kind of machine"
+    )
 
 
 @dataclass
@@ -169,11 +184,17 @@ def import_bundle(
     store: TuningStore,
     path: str | os.PathLike[str],
     *,
-    local_target: str,
+    local_target: str | Collection[str],
     allow_other_target: bool = False,
     progress: Progress | None = None,
 ) -> ImportSummary:
-    """Merge a bundle into ``store``. Nothing is written if the bundle fails validation."""
+    """Merge a bundle into ``store``. Nothing is written if the bundle fails validation.
+
+    Args:
+        local_target: The target key(s) of this machine (its CPU and each GPU); entries for
+            other targets are refused (counted) unless ``allow_other_target``.
+    """
+    local = {local_target} if isinstance(local_target, str) else set(local_target)
     bundle = read_bundle(path)
     summary = ImportSummary(targets=list(bundle.manifest.get("targets", [])))
     local_versions = {
@@ -183,7 +204,7 @@ def import_bundle(
     done = 0
     for record in bundle.records:
         done += 1
-        if record.target_key != local_target and not allow_other_target:
+        if record.target_key not in local and not allow_other_target:
             summary.rejected_other_target += 1
         elif not record.check.passed:
             summary.rejected_unverified += 1
@@ -194,7 +215,7 @@ def import_bundle(
             progress("import", done, total)
     for meta, payload in bundle.artifacts:
         done += 1
-        if meta["parts"].get("target") != local_target and not allow_other_target:
+        if meta["parts"].get("target") not in local and not allow_other_target:
             summary.rejected_other_target += 1
         elif any(meta["parts"].get(name) != value for name, value in local_versions.items()):
             summary.rejected_other_version += 1  # its key can never match in this environment
