@@ -39,18 +39,14 @@ def check_builds(factory, target):
     return sources
 
 
-@needs_nvcc
-@pytest.mark.parametrize("factory", SMALL_MODELS, ids=lambda f: f.__name__)
-def test_small_models_build_for_h100_and_compile_with_nvcc(factory):
-    target = gpu_target("h100")
-    for source in check_builds(factory, target):
-        assert nvcc_compile(source, target).startswith(b"\x50\xed\x55\xba")  # fatbin magic
+MODEL_SET = [pytest.param(f, id=f.__name__) for f in SMALL_MODELS] + [
+    pytest.param(f, id=f.__name__, marks=pytest.mark.slow) for f in TRANSFORMERS
+]
 
 
 @needs_nvcc
-@pytest.mark.slow
-@pytest.mark.parametrize("factory", TRANSFORMERS, ids=lambda f: f.__name__)
-def test_transformers_build_for_h100_and_compile_with_nvcc(factory):
+@pytest.mark.parametrize("factory", MODEL_SET)
+def test_model_set_builds_for_h100_and_compiles_with_nvcc(factory):
     target = gpu_target("h100")
     for source in check_builds(factory, target):
         assert nvcc_compile(source, target).startswith(b"\x50\xed\x55\xba")  # fatbin magic

@@ -86,3 +86,39 @@ def test_a_tuning_candidate_builds_and_compiles_for_the_gpu(space):
     target = TargetInfo("cuda", 2, "", gpu_target_key(H100), 0, H100)
     (source,) = [s for s in cuda_sources(executable)]
     assert nvcc_compile(source, target)
+
+
+@pytest.mark.skipif(not nvcc_available(), reason="nvcc (CUDA toolkit) is not on PATH")
+def test_a_stored_gpu_record_schedules_the_cuda_build(tmp_path):
+    import torch
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from torch_rc.backends.build import build_executable
+    from torch_rc.backends.lower import lower_partition
+    from torch_rc.cache.ms_database import make_database
+    from torch_rc.cache.records import Check
+    from torch_rc.cache.store import SQLiteStore
+    from torch_rc.options import Options
+    from torch_rc.tuning.session import extract_tasks
+
+    ms = tvm_api().s_tir.meta_schedule
+    gm = make_fx(lambda a, b: torch.relu(a @ b))(torch.randn(64, 128), torch.randn(128, 32))
+    lowered = lower_partition(gm, [n.meta["val"] for n in gm.graph.nodes if n.op == "placeholder"])
+    target = TargetInfo("cuda", 2, "h100", gpu_target_key(H100), 0, H100)
+    (task,) = extract_tasks([lowered.mod], target.target)
+    gpu_space = DesignSpace(task.mod, target.target, seed=3)
+    sch = gpu_space.schedule(gpu_space.initial_states()[0])
+    database = make_database(SQLiteStore(tmp_path / "s.sqlite"), target.key)
+    record = ms.database.TuningRecord(
+        sch.trace,
+        database.commit_workload(task.mod),
+        [1e-5],
+        target.target,
+        ms.arg_info.ArgInfo.from_prim_func(task.mod["main"]),
+    )
+    database.promote(record, Check("test", 1e-4, 1e-4, 0.0, True, "test"), key=task.key)
+    tuned = cuda_sources(build_executable(lowered.mod, target, Options(), database))
+    default = cuda_sources(build_executable(lowered.mod, target, Options()))
+    assert database.served  # the build asked for, and used, the stored record
+    assert tuned != default  # the record, not dlight's rule, scheduled the kernel
+    assert nvcc_compile(tuned[0], target)
