@@ -237,6 +237,8 @@ def test_bundle_warmed_on_one_gpu_kind_is_refused_on_another(tmp_path, monkeypat
         "cache", "--cache-dir", str(tmp_path / "dst"), "import", str(tmp_path / "b.trc")
     )
     assert same_kind.exit_code == 0 and "imported 2 records" in same_kind.output
+    listing = cli("cache", "--cache-dir", str(tmp_path / "dst"), "ls")
+    assert "NVIDIA" in listing.output and "(sm_90," in listing.output, listing.output
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA devices")

@@ -180,15 +180,12 @@ def cache_ls(location: tuple[str | None, str | None], limit: int) -> None:
         "created",
         title="Tuning records",
     )
+    from torch_rc.backends.target import describe_target_key
+
     for record in records[:limit]:
-        target = (
-            json.loads(record.target_key).get("cpu", record.target_key)
-            if record.target_key.startswith("{")
-            else record.target_key
-        )
         table.add_row(
             record.workload_key[:16],
-            str(target)[:32],
+            describe_target_key(record.target_key)[:40],
             f"{record.latency_s * 1e3:.4f}",
             str(record.samples),
             record.method or "-",
