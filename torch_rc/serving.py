@@ -29,12 +29,15 @@ from torch_rc.options import Options
 
 __all__ = ["BucketResult", "ServingModel", "WarmupReport", "warmup", "inputs_like"]
 
-Signature = tuple[tuple[tuple[int, ...], str], ...]
+Signature = tuple[tuple[tuple[int, ...], str, str], ...]
 
 
 def signature(inputs: Sequence[Any]) -> Signature:
-    """Shapes and dtypes of the tensor inputs (what selects a bucket)."""
-    return tuple((tuple(x.shape), str(x.dtype)) for x in inputs if isinstance(x, torch.Tensor))
+    """Shapes, dtypes and devices of the tensor inputs (what selects a bucket: a CPU request to
+    a model warmed on a GPU is a miss, run eagerly, not a compile at serving time)."""
+    return tuple(
+        (tuple(x.shape), str(x.dtype), str(x.device)) for x in inputs if isinstance(x, torch.Tensor)
+    )
 
 
 def inputs_like(
@@ -274,7 +277,7 @@ class ServingModel:
             "buckets": len(self._compiled),
             "hits": self.hits,
             "misses": self.misses,
-            "miss_shapes": {str([list(s) for s, _ in k]): n for k, n in self.miss_shapes.items()},
+            "miss_shapes": {str([list(s) for s, *_ in k]): n for k, n in self.miss_shapes.items()},
             "startup_s": round(self.startup_s, 3),
             "graphs": len(self.reports),
             "cache_hits": sum(r.cache == "hit" for r in self.reports),

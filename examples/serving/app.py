@@ -9,7 +9,8 @@
 
 Environment: SERVE_BUNDLE (bundle to load; optional), SERVE_BUCKETS (semicolon-separated
 shapes, as warmed), SERVE_BATCH_SIZES, SERVE_BACKEND (reasoning | eager | inductor; the last two
-are for comparison). Replicas never tune and never call an LLM: the service runs with
+are for comparison), SERVE_DEVICE (cpu | cuda; the bundle must then be warmed with
+``--device cuda`` on the same GPU kind). Replicas never tune and never call an LLM: the service runs with
 ``tune="never"``. POST /predict {"tokens": [[...], ...]} -> {"logits": [[...]], "compiled": bool};
 GET /stats -> hits, misses, start-up time, cache hits, tuning runs (always 0).
 """
@@ -48,7 +49,8 @@ class Request(BaseModel):
 
 class Service:
     def __init__(self) -> None:
-        self.model = build_model()
+        self.device = torch.device(os.environ.get("SERVE_DEVICE", "cpu"))
+        self.model = build_model().to(self.device)
         self.backend = os.environ.get("SERVE_BACKEND", "reasoning")
         self.lock = threading.Lock()
         if self.backend == "reasoning":
@@ -56,7 +58,7 @@ class Service:
 
             self.runner = ServingModel(
                 self.model,
-                example_inputs(),
+                [x.to(self.device) for x in example_inputs()],
                 _buckets(),
                 bundle=os.environ.get("SERVE_BUNDLE") or None,
             )
@@ -64,13 +66,14 @@ class Service:
             compiled = torch.compile(self.model, dynamic=False)
             for bucket in _buckets():
                 with torch.no_grad():
-                    compiled(torch.zeros(bucket[0], dtype=torch.int64))
+                    compiled(torch.zeros(bucket[0], dtype=torch.int64, device=self.device))
             self.runner = compiled
         else:
             self.runner = self.model
         self.startup_s = time.perf_counter() - STARTED
 
     def predict(self, tokens: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        tokens = tokens.to(self.device)
         if self.backend == "reasoning":
             return self.runner.run(tokens)
         with self.lock, torch.no_grad():

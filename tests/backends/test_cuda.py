@@ -157,3 +157,18 @@ def test_tuned_gpu_kernels_beat_their_default_schedules(tmp_path):
         assert task.default_s is None or task.result.best_latency_s < task.default_s
     assert "GPU" in report.runs[0].hardware
     assert report.max_abs_error is not None and report.max_abs_error < 1e-3
+
+
+def test_serving_model_serves_warmed_gpu_buckets(tmp_path):
+    from torch_rc.serving import ServingModel, warmup
+
+    model, inputs = on_gpu(mlp)
+    cache = {"cache_dir": str(tmp_path)}
+    warmup(model, inputs, shapes=[[(8, 32)], [(4, 32)]], options=cache)
+    serving = ServingModel(model, inputs, [[(8, 32)], [(4, 32)]], options=cache)
+    with torch.no_grad():
+        out, compiled = serving.run(inputs[0])
+        want = model(inputs[0])
+    assert compiled and out.is_cuda
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
+    assert serving.stats()["cache_hits"] == 2 and serving.stats()["tuning_runs"] == 0
