@@ -249,6 +249,14 @@ def main() -> int:
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+    from importlib.metadata import entry_points
+
+    if "reasoning" not in {e.name for e in entry_points(group="torch_dynamo_backends")}:
+        print(
+            "torch_rc is not installed here (the 'reasoning' backend is registered by its entry "
+            "point): python3 -m pip install --no-deps --no-build-isolation --no-index -e ."
+        )
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TORCH_RC_CACHE_DIR", str(args.out / "cache"))
     result: dict = {"device": device_info()}
