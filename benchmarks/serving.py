@@ -23,6 +23,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from examples.serving.app import server_command  # noqa: E402
+
 BUCKETS = "1x16;1x32"
 SIZES = "1,2,4"
 
@@ -43,16 +47,7 @@ def serve(backend: str, env: dict, requests: int) -> dict:
     port = _port()
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "examples.serving.app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        server_command(port),
         cwd=ROOT,
         env={**env, "SERVE_BACKEND": backend},
         stdout=subprocess.DEVNULL,

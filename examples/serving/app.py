@@ -31,6 +31,22 @@ from examples.serving.model import VOCAB, build_model, example_inputs
 STARTED = time.perf_counter()
 
 
+def server_command(port: int) -> list[str]:
+    """The command that serves this app on 127.0.0.1:``port`` (run from the repository root)."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "examples.serving.app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+
+
 def _buckets() -> list[list[tuple[int, ...]]]:
     shapes = [
         tuple(int(d) for d in b.split("x"))

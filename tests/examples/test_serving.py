@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from examples.serving.app import server_command
 from examples.serving.model import build_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,16 +77,7 @@ def test_warmup_bundle_then_serve_over_http(tmp_path):
         "SERVE_BATCH_SIZES": "1,2",
     }
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "examples.serving.app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        server_command(port),
         cwd=ROOT,
         env=serve_env,
         stdout=subprocess.DEVNULL,

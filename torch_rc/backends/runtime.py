@@ -58,6 +58,7 @@ class TVMKernel:
             import tvm_ffi
 
             self._stream_device = tvm_ffi.device("cuda", self.device.index or 0)
+            self._use_stream = tvm_ffi.use_raw_stream
 
     @classmethod
     def from_executable(
@@ -145,10 +146,8 @@ class TVMKernel:
         if self._stream_device is None:
             result = self._main(*tensors)
         else:
-            import tvm_ffi
-
             stream = torch.cuda.current_stream(self.device).cuda_stream
-            with tvm_ffi.use_raw_stream(self._stream_device, stream):
+            with self._use_stream(self._stream_device, stream):
                 result = self._main(*tensors)
         outputs = tuple(_to_torch(value) for value in result)
         return outputs[0] if self.single_output else outputs
