@@ -7,23 +7,13 @@ from typing import Any
 
 import torch
 
+from torch_rc.numerics import flatten_outputs, tolerances
+
 __all__ = ["assert_matches_eager", "flatten_outputs", "STRICT_TVM"]
 
 # Options the numerics tests compile with: errors raise instead of falling back, and every
 # partition runs on TVM (so a test cannot pass because PyTorch quietly did the work).
 STRICT_TVM: dict[str, Any] = {"strict": True, "select": "tvm"}
-
-
-def flatten_outputs(value: Any) -> list[torch.Tensor]:
-    """Tensors of a model output (tensor, tuple/list/dict, or a ModelOutput) in a fixed order."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict) or hasattr(value, "to_tuple"):
-        items = value.to_tuple() if hasattr(value, "to_tuple") else tuple(value.values())
-        return [t for item in items for t in flatten_outputs(item)]
-    if isinstance(value, (tuple, list)):
-        return [t for item in value for t in flatten_outputs(item)]
-    return []
 
 
 def assert_matches_eager(
@@ -36,14 +26,10 @@ def assert_matches_eager(
     """Assert that ``compiled(*inputs)`` equals ``eager(*inputs)``: count, shapes, dtypes, values.
 
     Tolerances default to the table the runtime's verification uses
-    (:func:`torch_rc.backends.select.tolerances`: 1e-4 for fp32, 1e-7 for fp64, 1e-2 for fp16,
+    (:func:`torch_rc.numerics.tolerances`: 1e-4 for fp32, 1e-7 for fp64, 1e-2 for fp16,
     2e-2 for bf16, exact for integers). Use random, non-zero inputs: zero-filled inputs hide most
     bugs.
     """
-    from torch_rc.backends.select import tolerances
-    from torch_rc.options import Options
-
-    defaults = Options()
     got = flatten_outputs(compiled(*inputs))
     want = flatten_outputs(eager(*inputs))
     if len(got) != len(want):
@@ -53,7 +39,7 @@ def assert_matches_eager(
             raise AssertionError(
                 f"output {index}: {tuple(g.shape)} {g.dtype} vs eager {tuple(w.shape)} {w.dtype}"
             )
-        default_rtol, default_atol = tolerances(w.dtype, defaults)
+        default_rtol, default_atol = tolerances(w.dtype)
         tol_r = default_rtol if rtol is None else rtol
         tol_a = default_atol if atol is None else atol
         torch.testing.assert_close(

@@ -19,6 +19,8 @@ __all__ = [
     "TVMApi",
     "tvm_api",
     "check_versions",
+    "TIR_PIPELINE",
+    "export_library",
     "load_cpu_vm",
     "prepare_cuda_compiler",
     "prepare_meta_schedule",
@@ -52,6 +54,13 @@ class TVMApi:
             {"kind": "llvm", "num-cores": int(num_cores), "mcpu": mcpu, "mtriple": _host_triple()}
         )
 
+    def compile(self, mod: object, target: object, relax_pipeline: object = "default") -> object:
+        """``tvm.compile`` with torch_rc's TIR pipeline (:data:`TIR_PIPELINE`): the one way
+        torch_rc builds kernels, so every build gets the same numerics fixes."""
+        return self.tvm.compile(
+            mod, target, relax_pipeline=relax_pipeline, tir_pipeline=TIR_PIPELINE
+        )
+
     def from_dlpack(self, tensor: object) -> object:
         """Zero-copy view of a DLPack-capable tensor as a TVM tensor."""
         return self.tvm.runtime.from_dlpack(tensor)
@@ -71,6 +80,10 @@ def _installed(dist: str) -> str:
         return ""
 
 
+# The name of torch_rc's TIR lowering pipeline (registered with TVM by tvm_api()).
+TIR_PIPELINE = "torch_rc"
+
+
 @functools.cache
 def tvm_api() -> TVMApi:
     """Import TVM once, check its version and return the handles torch_rc uses.
@@ -85,6 +98,7 @@ def tvm_api() -> TVMApi:
     from tvm import relax, s_tir, tirx
     from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
 
+    _register_tir_pipeline(tvm, tirx)
     return TVMApi(
         tvm=tvm,
         relax=relax,
@@ -94,6 +108,41 @@ def tvm_api() -> TVMApi:
         version=tvm_version,
         ffi_version=ffi_version,
     )
+
+
+def _register_tir_pipeline(tvm: types.ModuleType, tirx: types.ModuleType) -> None:
+    """Register :data:`TIR_PIPELINE`: TVM's default TIR lowering, then float ``!=`` made
+    IEEE-correct.
+
+    TVM 0.27's LLVM codegen emits float ``a != b`` as ``fcmp one`` (false when either side is NaN);
+    C and PyTorch mean ``une`` (true for NaN). Its simplifier also creates such ``!=`` from
+    ``not (a == b)`` once a boolean mask is inlined: PyTorch's attention decomposition then turned
+    rows of NaN into rows of 0 (docs/tvm-facts.md, "Numerics"). After the last simplification,
+    every float ``a != b`` becomes ``a != b or isnan(a) or isnan(b)``.
+    """
+    import tvm_ffi
+    from tvm.tirx import compilation_pipeline
+
+    def fix_not_equal(ne: object) -> object:
+        a, b = ne.a, ne.b  # type: ignore[attr-defined]
+        dtype = getattr(a, "dtype", None) or getattr(getattr(a, "ty", None), "dtype", "")
+        if "float" not in str(dtype):
+            return ne
+        return tirx.Or(ne, tirx.Or(tirx.op.isnan(a), tirx.op.isnan(b)))
+
+    @tirx.transform.prim_func_pass(opt_level=0, name="TorchRCNaNAwareNotEqual")
+    def nan_aware_not_equal(func: object, _mod: object, _ctx: object) -> object:
+        return tvm_ffi.structural_map(func, [(tirx.NE, fix_not_equal)])
+
+    def pipeline() -> tuple[object, object, object]:
+        default, finalize_host, finalize_device = compilation_pipeline.get_tir_pipeline("default")
+        return (
+            tvm.transform.Sequential([default, nan_aware_not_equal]),
+            finalize_host,
+            finalize_device,
+        )
+
+    compilation_pipeline.PIPELINE_MAP[TIR_PIPELINE] = pipeline
 
 
 def check_versions(tvm_version: str, ffi_version: str) -> None:
@@ -144,6 +193,18 @@ def load_cpu_vm(library_path: str) -> object:
 
     _runtime_library()
     return start_cpu_vm(tvm_ffi.load_module(library_path))
+
+
+def export_library(executable: object) -> bytes:
+    """The shared-library bytes of a built executable (a Relax VM executable or a TIR module)."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="torch_rc_") as tmp:
+        path = os.path.join(tmp, "kernel.so")
+        executable.export_library(path)  # type: ignore[attr-defined]
+        with open(path, "rb") as handle:
+            return handle.read()
 
 
 def start_cpu_vm(runtime_module: object) -> object:

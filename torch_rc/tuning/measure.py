@@ -81,7 +81,7 @@ class Measurer:
         key = workload_key(reference_mod["main"])
         if key not in self._references:
             arrays = random_inputs(reference_mod, self.seed)
-            reference = tvm_api().tvm.compile(reference_mod, reference_target(self.target))
+            reference = tvm_api().compile(reference_mod, reference_target(self.target))
             want, _ = run_once(reference, arrays)
             self._references[key] = (arrays, want)
         return self._references[key]
@@ -93,7 +93,7 @@ class Measurer:
         arrays, want = self._reference(reference_mod)
         start = time.perf_counter()
         try:
-            executable = tvm_api().tvm.compile(candidate_mod, self.target)
+            executable = tvm_api().compile(candidate_mod, self.target)
         except Exception as exc:  # a candidate that does not build is a failed sample, not an error
             return Measurement(None, error=f"build failed: {type(exc).__name__}: {str(exc)[-300:]}")
         build_s = time.perf_counter() - start

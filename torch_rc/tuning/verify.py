@@ -8,9 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from torch_rc.backends.select import tolerances
 from torch_rc.cache.records import Check
-from torch_rc.options import Options
+from torch_rc.numerics import tolerances
 from torch_rc.tvm_shim import tvm_api
 
 __all__ = [
@@ -69,7 +68,7 @@ def run_once(
 
 def compare(got: torch.Tensor, want: torch.Tensor, inputs: str) -> Check:
     """The Check of ``got`` against ``want`` with the runtime's dtype-aware tolerances."""
-    rtol, atol = tolerances(want.dtype, Options())
+    rtol, atol = tolerances(want.dtype)
     error = float((got.double() - want.double()).abs().max()) if want.numel() else 0.0
     try:
         torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
@@ -81,9 +80,8 @@ def compare(got: torch.Tensor, want: torch.Tensor, inputs: str) -> Check:
 
 def check_schedule(reference_mod: Any, scheduled_mod: Any, target: Any, *, seed: int = 0) -> Check:
     """Build both modules for ``target``, run them on the same random inputs, compare outputs."""
-    tvm = tvm_api().tvm
     arrays = random_inputs(reference_mod, seed)
     device = target_device(target)
-    want, _ = run_once(tvm.compile(reference_mod, reference_target(target)), arrays)
-    got, _ = run_once(tvm.compile(scheduled_mod, target), arrays, device)
+    want, _ = run_once(tvm_api().compile(reference_mod, reference_target(target)), arrays)
+    got, _ = run_once(tvm_api().compile(scheduled_mod, target), arrays, device)
     return compare(got, want, f"standard normal, seed {seed}")
