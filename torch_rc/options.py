@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 from collections.abc import Mapping
 from typing import Any, Literal, get_args, get_origin
@@ -69,7 +70,12 @@ class Options:
         num_threads: CPU threads for TVM kernels; 0 uses every core torch uses.
         schedule: ``"default"`` applies torch_rc's default CPU schedules to untuned kernels;
             ``"none"`` leaves them unscheduled (only useful to measure how slow that is).
-        measure_repeats: Timed runs per side when ``select="measure"`` compares TVM and PyTorch.
+        measure_repeats: Paired timing rounds at least, when ``select="measure"`` compares TVM
+            with PyTorch (more follow while the verdict is unclear, within
+            ``measure_budget_s``).
+        measure_budget_s: Seconds one first-call comparison may spend timing.
+        select_margin: TVM (or the compiled graph) must be at least this much faster than
+            PyTorch (0.05: 5%), on quiet timings, to be chosen.
         cache: Use the persistent cache: a graph compiled before (same code, input specs, options,
             versions and target) loads its built kernels and first-call decisions instead of being
             rebuilt and re-measured.
@@ -114,6 +120,8 @@ class Options:
     num_threads: int = 0
     schedule: Schedule = "default"
     measure_repeats: int = 10
+    measure_budget_s: float = 1.0
+    select_margin: float = 0.05
     cache: bool = True
     cache_dir: str = ""
     cache_url: str = ""
@@ -151,8 +159,12 @@ class Options:
             raise OptionsError(
                 f"option 'cache_url' must be a redis:// URL (or empty for the local SQLite cache), got {self.cache_url!r}"
             )
-        if self.rtol < 0 or self.atol < 0:
-            raise OptionsError("options 'rtol' and 'atol' must be >= 0")
+        for name in ("rtol", "atol", "measure_budget_s", "select_margin"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise OptionsError(f"option {name!r} must be a finite number >= 0, got {value}")
+        if self.select_margin >= 1:
+            raise OptionsError(f"option 'select_margin' must be below 1, got {self.select_margin}")
         for name in ("trials", "tune_time_s", "tune_total_s", "tune_context_depth"):
             if getattr(self, name) < 0:
                 raise OptionsError(f"option {name!r} must be >= 0, got {getattr(self, name)}")

@@ -58,9 +58,9 @@ def test_tune_stores_verified_records_and_later_compiles_use_them(tmp_path):
         "proposer"
     ] == "builtin"
 
-    # A compile without tuning (another cache key: measure_repeats differs) builds with the records.
+    # A compile without tuning (another cache key: select_margin differs) builds with the records.
     torch._dynamo.reset()
-    out, sink = _compile(model, x, {**options, "measure_repeats": 3})
+    out, sink = _compile(model, x, {**options, "select_margin": 0.1})
     torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-4)
     assert sink[0].tuning is None and sink[0].tuned_kernels == 2
 

@@ -10,7 +10,31 @@ from torch_rc.errors import BuildError
 from torch_rc.options import Options
 from torch_rc.tvm_shim import tvm_api
 
-__all__ = ["build_executable", "legalize_and_fuse_passes", "relax_pipeline"]
+__all__ = [
+    "build_executable",
+    "legalize_and_fuse_passes",
+    "per_call_module",
+    "relax_pipeline",
+]
+
+TRANSFORM_PARAMS = "main_transform_params"
+
+
+def lift_weight_transforms() -> Any:
+    """Relax's ``LiftTransformParams``: work that depends only on the weights (the inputs after
+    ``main``'s ``num_input``) moves to ``main_transform_params``, run once per weights."""
+    return tvm_api().relax.transform.LiftTransformParams()
+
+
+def per_call_module(mod: Any) -> Any:
+    """``mod`` with weight transforms lifted and dropped: the kernels that run on every call
+    (what tuning extracts tasks from)."""
+    lifted = lift_weight_transforms()(mod)
+    if TRANSFORM_PARAMS in [gv.name_hint for gv in lifted.get_global_vars()]:
+        lifted = tvm_api().tvm.IRModule(
+            {gv: func for gv, func in lifted.functions_items() if gv.name_hint != TRANSFORM_PARAMS}
+        )
+    return lifted
 
 
 def legalize_and_fuse_passes(target: Any) -> list[Any]:
@@ -58,7 +82,8 @@ def relax_pipeline(target: TargetInfo, options: Options, tuned: bool = False) ->
     def _pipeline(mod: Any, _ctx: Any) -> Any:
         with target.target:
             passes = (
-                legalize_and_fuse_passes(target.target)
+                [lift_weight_transforms()]
+                + legalize_and_fuse_passes(target.target)
                 + schedule
                 + lower.dataflow_lower_passes(target.target)
                 + lower.finalize_passes(target.target)
@@ -78,10 +103,10 @@ def build_executable(mod: Any, target: TargetInfo, options: Options, database: A
     try:
         if database is not None:
             with target.target, database:
-                return api.tvm.compile(
+                return api.compile(
                     mod, target.target, relax_pipeline=relax_pipeline(target, options, tuned=True)
                 )
-        return api.tvm.compile(mod, target.target, relax_pipeline=relax_pipeline(target, options))
+        return api.compile(mod, target.target, relax_pipeline(target, options))
     except Exception as exc:  # TVMError and friends: reported as a build failure of this partition
         raise BuildError(
             f"TVM build failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"

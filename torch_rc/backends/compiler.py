@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,9 +13,10 @@ import torch
 import torch.fx
 
 from torch_rc.backends.build import build_executable
+from torch_rc.backends.decisions import Decision, Machine
 from torch_rc.backends.lower import lower_partition, tensor_spec
 from torch_rc.backends.partition import FallbackNode, partition_graph
-from torch_rc.backends.runtime import TVMKernel
+from torch_rc.backends.runtime import KernelSignature, TVMKernel
 from torch_rc.backends.select import PartitionReport, SelectingPartition
 from torch_rc.backends.support import is_compute_node, qualified_name
 from torch_rc.backends.target import TargetInfo
@@ -45,6 +46,7 @@ class GraphReport:
         eager_ms: Median time of the original graph run eagerly, when measured.
         compiled_ms: Median time of the compiled graph, when measured.
         cache: ``"off"``, ``"miss"`` (built and stored) or ``"hit"`` (kernels and decisions loaded).
+        decision: The whole-graph decision once made (state, numbers, machine).
     """
 
     index: int
@@ -61,6 +63,7 @@ class GraphReport:
     cache: str = "off"
     tuning: Any = None  # the TuningRun when this compile tuned
     tuned_kernels: int = 0  # kernels built from tuned records in the cache
+    decision: Decision | None = None
 
     @property
     def lowered_ops(self) -> int:
@@ -75,6 +78,22 @@ class GraphReport:
         return sum(p.num_ops for p in self.partitions if p.status == "tvm")
 
 
+def _skip_kernel(preset: Decision | None, machine: Machine) -> bool:
+    """An earlier run's decision that PyTorch runs this partition, still valid here."""
+    return preset is not None and preset.choice in ("torch", "failed") and preset.valid_on(machine)
+
+
+def static_input_positions(gm: torch.fx.GraphModule) -> frozenset[int]:
+    """Positions of ``gm``'s inputs that are the model's parameters and buffers (the same tensors
+    on every call), as AOTAutograd's metadata marks them; empty when unknown."""
+    from torch._guards import TracingContext
+
+    context = TracingContext.try_get()
+    metadata = getattr(context, "fw_metadata", None) if context is not None else None
+    indices = getattr(metadata, "static_input_indices", None) or ()
+    return frozenset(int(i) for i in indices)
+
+
 def compile_aten_graph(
     gm: torch.fx.GraphModule,
     example_inputs: Sequence[object],
@@ -83,7 +102,10 @@ def compile_aten_graph(
     report: GraphReport,
     kernels: dict[str, Any] | None = None,
     prebuilt: Mapping[str, Any] | None = None,
-    decisions: Mapping[str, str] | None = None,
+    decisions: Mapping[str, Decision] | None = None,
+    machine: Machine | None = None,
+    partitions: dict[str, SelectingPartition] | None = None,
+    static_inputs: Collection[int] = (),
 ) -> torch.fx.GraphModule:
     """Partition ``gm`` and replace each TVM partition with a :class:`SelectingPartition`.
 
@@ -94,9 +116,17 @@ def compile_aten_graph(
         kernels: Filled with the TVM kernel of each partition, by submodule name.
         prebuilt: Kernel blobs (from a serialized artifact) to load instead of building, by
             submodule name; a blob whose input specs do not match is ignored and rebuilt.
-        decisions: First-call choices of an earlier run, by submodule name (see SelectingPartition).
+        decisions: First-call decisions of an earlier run, by submodule name.
+        machine: What timed decisions are valid for (default: ``target`` and its threads).
+        partitions: Filled with the SelectingPartition of each partition, by name.
+        static_inputs: Positions of ``gm``'s inputs that are weights (parameters, buffers).
     """
     start = time.perf_counter()
+    machine = machine or Machine(target.key, target.num_threads)
+    decisions = decisions or {}
+    placeholders = [node for node in gm.graph.nodes if node.op == "placeholder"]
+    # By name: partitioning rebuilds the graph, so node objects do not survive it.
+    static_nodes = {placeholders[i].name for i in static_inputs if i < len(placeholders)}
     report.rerun_safe = report.rerun_safe and not any(
         _has_side_effects(node) for node in gm.graph.nodes
     )
@@ -107,16 +137,19 @@ def compile_aten_graph(
     calls = {str(node.target): node for node in parent.graph.nodes if node.op == "call_module"}
     database = tuning_database(options, target)
     lowered: dict[str, Any] = {}
+    weights = {name: _weight_positions(calls[name], static_nodes) for name in result.partitions}
     if options.tuning and result.partitions:
         for name in result.partitions:
             if (
-                (decisions or {}).get(name) in ("torch", "failed")
+                _skip_kernel(decisions.get(name), machine)
                 or name in (prebuilt or {})
                 or _device_mismatch(calls[name], target)
             ):
                 continue
             try:
-                lowered[name] = lower_partition(getattr(parent, name), _input_values(calls[name]))
+                lowered[name] = lower_partition(
+                    getattr(parent, name), _input_values(calls[name]), weights[name]
+                )
             except LoweringError:
                 continue  # reported (or raised with strict) when the partition is built below
         if lowered:
@@ -140,26 +173,39 @@ def compile_aten_graph(
         sub = getattr(parent, name)
         part = PartitionReport(name=name, num_ops=result.partition_ops[name], ops=_op_counts(sub))
         report.partitions.append(part)
-        preset = (decisions or {}).get(name)
-        if preset in ("torch", "failed"):
+        preset = decisions.get(name)
+        kernel: TVMKernel | None = None
+        if preset is not None and _skip_kernel(preset, machine):
             # An earlier run chose PyTorch here: neither load nor build the kernel.
-            part.status, part.reason = "torch", f"cached decision from an earlier run ({preset})"
-            setattr(parent, name, SelectingPartition(sub, None, part, options))
-            continue
-        mismatch = _device_mismatch(calls[name], target)
-        if mismatch:
+            part.status, part.decision = "torch", preset
+            part.reason = f"cached decision from an earlier run ({preset.choice}): {preset.reason}"
+        elif mismatch := _device_mismatch(calls[name], target):
             part.status, part.reason = "torch", mismatch
-            setattr(parent, name, SelectingPartition(sub, None, part, options))
-            continue
-        blob = (prebuilt or {}).get(name)
-        kernel = _load_kernel(blob, calls[name], part, target) if blob is not None else None
-        if kernel is None:
-            kernel = _build_kernel(
-                sub, calls[name], target, options, part, database, lowered.get(name)
-            )
+            part.decision = Decision("torch", "fixed", mismatch)
+        else:
+            blob = (prebuilt or {}).get(name)
+            if blob is not None:
+                kernel = _load_kernel(blob, calls[name], part, target)
+            if kernel is None:
+                kernel = _build_kernel(
+                    sub,
+                    calls[name],
+                    target,
+                    options,
+                    part,
+                    database,
+                    lowered.get(name),
+                    weights[name],
+                )
         if kernel is not None and kernels is not None:
             kernels[name] = kernel
-        setattr(parent, name, SelectingPartition(sub, kernel, part, options, preset))
+        selector = SelectingPartition(
+            sub, kernel, part, options, machine, preset, weights=weights[name]
+        )
+        setattr(parent, name, selector)
+        selector.bind(parent, name)
+        if partitions is not None:
+            partitions[name] = selector
     parent.recompile()
     if database is not None:
         report.tuned_kernels = len(database.served)
@@ -176,6 +222,16 @@ def compile_aten_graph(
     return parent
 
 
+def _weight_positions(call: torch.fx.Node, static_names: Collection[str]) -> tuple[int, ...]:
+    """Positions of a partition's inputs that are weights of the model (graph inputs named in
+    ``static_names``)."""
+    return tuple(
+        i
+        for i, arg in enumerate(call.args)
+        if isinstance(arg, torch.fx.Node) and arg.op == "placeholder" and arg.name in static_names
+    )
+
+
 def _build_kernel(
     sub: torch.fx.GraphModule,
     call: torch.fx.Node,
@@ -184,23 +240,24 @@ def _build_kernel(
     part: PartitionReport,
     database: Any = None,
     lowered: Any = None,
+    weights: tuple[int, ...] = (),
 ) -> TVMKernel | None:
     try:
-        lowered = lowered or lower_partition(sub, _input_values(call))
+        lowered = lowered or lower_partition(sub, _input_values(call), weights)
         executable = build_executable(lowered.mod, target, options, database)
-        return TVMKernel.from_executable(
-            executable,
-            target,
-            lowered.inputs,
-            lowered.outputs,
+        signature = KernelSignature(
+            tuple(lowered.inputs),
+            tuple(lowered.outputs),
             lowered.single_output,
-            name=part.name,
+            lowered.weights,
         )
+        return TVMKernel.from_executable(executable, signature, part.name, target)
     except (LoweringError, BuildError) as exc:
         if options.strict:
             raise
         part.status = "failed"
         part.reason = str(exc)
+        part.decision = Decision("failed", "fixed", str(exc))
         logger.warning("torch_rc: %s runs in PyTorch: %s", part.name, exc)
         return None
 
@@ -252,14 +309,12 @@ def _load_kernel(
         specs = tuple(tensor_spec(value) for value in _input_values(call))
     except LoweringError:
         return None
-    if specs != tuple(blob.inputs):
+    if specs != tuple(blob.signature.inputs):
         logger.warning(
             "torch_rc: stored kernel for %s has other input specs; rebuilding", part.name
         )
         return None
-    return TVMKernel.from_library(
-        blob.library, blob.inputs, blob.outputs, blob.single_output, name=part.name, target=target
-    )
+    return TVMKernel.from_library(blob.library, blob.signature, part.name, target)
 
 
 def _has_side_effects(node: torch.fx.Node) -> bool:

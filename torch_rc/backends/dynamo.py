@@ -14,7 +14,8 @@ from typing import Any
 import torch
 import torch.fx
 
-from torch_rc.backends.compiler import GraphReport, compile_aten_graph
+from torch_rc.backends.compiler import GraphReport, compile_aten_graph, static_input_positions
+from torch_rc.backends.decisions import Decision, Machine, decisions_from_json
 from torch_rc.backends.decompositions import decomposition_table
 from torch_rc.backends.gate import GraphGate
 from torch_rc.backends.specialize import SpecializingGraph, has_symbolic_shapes
@@ -24,11 +25,17 @@ from torch_rc.cache.interface import TuningStore
 from torch_rc.cache.keys import artifact_key
 from torch_rc.cache.store import open_store
 from torch_rc.options import TUNING_OPTIONS, Options
+from torch_rc.platform.threads import set_thread_cap
 
 __all__ = ["reasoning", "compile_graph"]
 
 logger = logging.getLogger(__name__)
 _graph_counter = itertools.count()
+# Options that change neither the code built nor the meaning of a decision: where the cache is,
+# and how long first-call timings may take. (The thread count is recorded in each decision.)
+_NOT_IN_KEY = frozenset(
+    {"cache", "cache_dir", "num_threads", "measure_repeats", "measure_budget_s"}
+)
 
 
 def reasoning(
@@ -67,7 +74,7 @@ def compile_graph(
     options: Options,
     report_sink: list[GraphReport] | None = None,
     prebuilt: Mapping[str, KernelBlob] | None = None,
-    decisions: Mapping[str, str] | None = None,
+    decisions: Mapping[str, Any] | None = None,
     use_cache: bool = True,
 ) -> tuple[CompiledGraph, GraphReport]:
     """Compile one Dynamo graph; return the (serializable) callable and its live report.
@@ -81,7 +88,7 @@ def compile_graph(
     Args:
         report_sink: Every GraphReport made (including per-signature ones) is appended here.
         prebuilt: Kernel blobs from a serialized artifact, loaded instead of built.
-        decisions: First-call decisions of an earlier run (see :class:`CompiledGraph`).
+        decisions: First-call decisions of an earlier run (their JSON form), by name.
         use_cache: Consult the persistent store (when ``options.cache`` is on).
     """
     example = list(example_inputs)
@@ -90,9 +97,12 @@ def compile_graph(
         store = open_store(options.store_location())
         if store is not None:
             return _compile_cached(gm, example, options, report_sink, store)
-    kernels: dict[str, Any] = {}
-    fn, report = _compile(gm, example, options, report_sink, kernels, prebuilt, decisions)
-    return CompiledGraph(fn, gm, example, options_dict(options), kernels, report), report
+    compiled = CompiledGraph(None, gm, example, options_dict(options), {}, None)  # type: ignore[arg-type]
+    fn, report = _compile(
+        gm, example, options, report_sink, compiled, prebuilt, decisions_from_json(decisions)
+    )
+    compiled.fn, compiled.report = fn, report
+    return compiled, report
 
 
 def _compile_cached(
@@ -111,7 +121,7 @@ def _compile_cached(
     key_options = {
         k: v
         for k, v in options_dict(options).items()
-        if k not in ("cache", "cache_dir") and k not in TUNING_OPTIONS
+        if k not in _NOT_IN_KEY and k not in TUNING_OPTIONS
     }
     details = artifact_key(gm, example, key_options, target_key(options, graph_device(example)))
     with store.lock(details.key):
@@ -121,23 +131,47 @@ def _compile_cached(
         blobs: Mapping[str, KernelBlob] | None = None
         if hit is not None:
             # A graph that runs as the original needs no kernels: do not even unpickle them.
-            blobs = {} if hit[1].get("graph") == "eager" else stored_kernels(hit[0])
+            blobs = {} if _runs_eager(hit[1], options, example) else stored_kernels(hit[0])
         if hit is not None and blobs is not None:
             cached = hit[1]
             compiled, report = compile_graph(
                 gm, example, options, report_sink, prebuilt=blobs, decisions=cached, use_cache=False
             )
             report.cache = "hit"
-            if "graph" not in cached:
-                compiled.after_first_call = lambda c: store.update_decisions(details, c.decisions())
+            compiled.after_first_call = lambda c: _save_decisions(store, details, cached, c)
             return compiled, report
         compiled, report = compile_graph(gm, example, options, report_sink, use_cache=False)
         if report.target.startswith("none"):
             return compiled, report  # nothing was built; the graph runs in PyTorch
         store.put_artifact(details, compiled.to_bytes(), compiled.decisions())
         report.cache = "miss"
-        compiled.after_first_call = lambda c: store.update_decisions(details, c.decisions())
+        compiled.after_first_call = lambda c: _save_decisions(store, details, {}, c)
     return compiled, report
+
+
+def machine_of(options: Options, example: Sequence[object]) -> Machine:
+    """What a first-call timing here is valid for: this CPU or GPU, and the thread count."""
+    threads = options.num_threads or torch.get_num_threads()
+    return Machine(target_key(options, graph_device(example)), threads)
+
+
+def _runs_eager(cached: Mapping[str, Any], options: Options, example: Sequence[object]) -> bool:
+    """An earlier run decided, validly here, that this graph runs as the original."""
+    decision = decisions_from_json(cached).get("graph")
+    return (
+        decision is not None
+        and decision.choice == "eager"
+        and decision.valid_on(machine_of(options, example))
+    )
+
+
+def _save_decisions(
+    store: TuningStore, details: Any, before: Mapping[str, Any], compiled: CompiledGraph
+) -> None:
+    """Store the decisions the first call made, when they differ from what was stored."""
+    now = compiled.decisions()
+    if now and now != dict(before):
+        store.update_decisions(details, now)
 
 
 def _compile(
@@ -145,9 +179,9 @@ def _compile(
     example_inputs: list[object],
     options: Options,
     report_sink: list[GraphReport] | None,
-    kernels: dict[str, Any],
+    compiled_graph: CompiledGraph,
     prebuilt: Mapping[str, KernelBlob] | None,
-    decisions: Mapping[str, str] | None,
+    decisions: Mapping[str, Decision],
 ) -> tuple[Callable[..., Any], GraphReport]:
     from torch._dynamo.backends.common import aot_autograd
     from torch._functorch.aot_autograd import make_boxed_func
@@ -171,14 +205,21 @@ def _compile(
         logger.warning("torch_rc: %s", report.target)
         return gm.forward, report
 
-    decisions = decisions or {}
-    if decisions.get("graph") == "eager":
+    machine = machine_of(options, example_inputs)
+    graph_decision = decisions.get("graph")
+    if (
+        graph_decision is not None
+        and graph_decision.choice == "eager"
+        and graph_decision.valid_on(machine)
+    ):
         # An earlier run measured the original graph as faster: no tracing, no kernels, no TVM.
         report = GraphReport(index=index, target="cached decision: original graph", cache="hit")
-        report.choice, report.choice_reason = "eager", "cached decision from an earlier run"
+        report.choice, report.decision = "eager", graph_decision
+        report.choice_reason = f"cached decision from an earlier run: {graph_decision.reason}"
         _sink(report_sink, report)
         return gm.forward, report
     target = detect_target(options, device)
+    set_thread_cap(options.num_threads)
     report = GraphReport(index=index, target=target.description)
     _sink(report_sink, report)
 
@@ -186,7 +227,17 @@ def _compile(
         aten_gm: torch.fx.GraphModule, aten_inputs: Sequence[object]
     ) -> Callable[..., Any]:
         return compile_aten_graph(
-            aten_gm, aten_inputs, options, target, report, kernels, prebuilt, decisions
+            aten_gm,
+            aten_inputs,
+            options,
+            target,
+            report,
+            compiled_graph.kernels,
+            prebuilt,
+            decisions,
+            machine,
+            compiled_graph.partitions,
+            static_input_positions(aten_gm),
         )
 
     def backward_compiler(
@@ -220,7 +271,9 @@ def _compile(
         logger.warning("torch_rc: graph %d %s", index, report.target)
         return gm.forward, report
     if options.select != "measure":
-        report.choice, report.choice_reason = "compiled", f"option select={options.select!r}"
+        reason = f"option select={options.select!r}"
+        report.choice, report.choice_reason = "compiled", reason
+        report.decision = Decision("compiled", "fixed", reason)
         return compiled, report
     # A graph that needs autograd applies input mutations outside the ATen graph (in AOTAutograd's
     # epilogue), where the side-effect check cannot see them: never re-run it for timing.
@@ -228,7 +281,9 @@ def _compile(
         isinstance(value, torch.Tensor) and value.requires_grad for value in example_inputs
     )
     report.rerun_safe = report.rerun_safe and not needs_grad
-    return GraphGate(compiled, gm.forward, report, options, decisions.get("graph")), report
+    gate = GraphGate(compiled, gm.forward, report, options, machine, graph_decision)
+    compiled_graph.gate = gate
+    return gate, report
 
 
 def _unsupported_device(device: torch.device) -> str:

@@ -3,25 +3,36 @@
 Partition-level choices compare a TVM kernel with its PyTorch twin, but that twin runs decomposed
 ATen ops (attention split into matmuls and softmax), which can be slower than eager's fused
 kernels. So on the first call the compiled graph is also timed against the original Dynamo graph
-run eagerly, and the faster one is kept. Graphs that mutate inputs or draw random numbers are never
-re-run for timing (that would change the user's state): they keep the compiled version.
+run eagerly (:func:`torch_rc.platform.timing.compare`), and the compiled graph is kept only on a
+clear, quiet win (:mod:`torch_rc.backends.decisions`); a provisional or losing comparison keeps
+the original graph. A cached "compiled" decision is re-checked with a few rounds and measured
+again if it looks wrong or was timed elsewhere. Graphs that mutate inputs or draw random numbers
+are never re-run for timing (that would change the user's state): they keep the compiled version.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from torch_rc.backends.compiler import GraphReport
+from torch_rc.backends.decisions import Decision, Machine, decision_from_comparison
 from torch_rc.backends.first_call import FirstCallDispatch
-from torch_rc.backends.timing import median_ms
+from torch_rc.backends.select import Counted, recheck
 from torch_rc.options import Options
+from torch_rc.platform.timing import compare
 
 __all__ = ["GraphGate"]
 
+logger = logging.getLogger(__name__)
+
 
 class GraphGate:
-    """Runs the compiled graph or the eager graph, whichever was faster on the first call."""
+    """Runs the compiled graph or the eager graph, whichever the first call chose.
+
+    ``compiled_side.calls`` and ``eager_side.calls`` count what ran after the choice.
+    """
 
     def __init__(
         self,
@@ -29,58 +40,77 @@ class GraphGate:
         eager: Callable[..., Any],
         report: GraphReport,
         options: Options,
-        preset: str | None = None,
+        machine: Machine,
+        preset: Decision | None = None,
     ) -> None:
-        """``preset`` (``"compiled"``/``"eager"``) is an earlier run's choice, from the cache:
-        the first call then runs that side without timing both."""
-        self.compiled = compiled
-        self.eager = eager
+        """``preset`` is an earlier run's decision, from the cache."""
+        self.compiled_side = Counted(compiled)
+        self.eager_side = Counted(eager)
         self.report = report
         self.options = options
+        self.machine = machine
         self.preset = preset
         self._dispatch = FirstCallDispatch()
 
     def __call__(self, *args: Any) -> Any:
         return self._dispatch.dispatch(args, self._first_call)
 
+    def calls(self) -> dict[str, int]:
+        return {"compiled": self.compiled_side.calls, "eager": self.eager_side.calls}
+
     def _first_call(self, args: tuple[Any, ...]) -> Any:
-        result = self.compiled(*args)  # partitions make their own choices here
-        if self.preset in ("compiled", "eager"):
-            chosen = self.compiled if self.preset == "compiled" else self.eager
-            self._choose(chosen, self.preset, "cached decision from an earlier run")
-            return result
+        compiled, eager = self.compiled_side.fn, self.eager_side.fn
+        result = compiled(*args)  # partitions make their own choices here
         if not self.report.rerun_safe:
-            self._choose(
-                self.compiled,
-                "compiled",
-                "graph mutates inputs or draws random numbers; not re-run for timing",
-            )
+            reason = "graph mutates inputs or draws random numbers; not re-run for timing"
+            self._choose(Decision("compiled", "fixed", reason))
             return result
         if self.report.executed_ops == 0:
-            self._choose(
-                self.eager,
-                "eager",
-                "no partition runs on TVM; the original graph skips decomposition overhead",
-            )
+            reason = "no partition runs on TVM; the original graph skips decomposition overhead"
+            self._choose(Decision("eager", "fixed", reason))
             return result
-        ms = median_ms(
-            {"eager": self.eager, "compiled": self.compiled}, args, self.options.measure_repeats
+        preset = self.preset
+        if preset is not None and preset.choice == "compiled" and preset.valid_on(self.machine):
+            if recheck(preset, eager, compiled, args, self.options.select_margin):
+                self._choose(preset, f"cached decision, re-checked: {preset.reason}")
+                return result
+        elif preset is not None and preset.state != "fixed":
+            logger.info(
+                "torch_rc: graph %d: measuring again: %s",
+                self.report.index,
+                preset.why_stale(self.machine),
+            )
+        comparison = compare(
+            eager,
+            compiled,
+            args,
+            margin=self.options.select_margin,
+            min_rounds=self.options.measure_repeats,
+            budget_s=self.options.measure_budget_s,
         )
-        eager_ms, compiled_ms = ms["eager"], ms["compiled"]
-        self.report.eager_ms, self.report.compiled_ms = eager_ms, compiled_ms
-        if compiled_ms < eager_ms:
-            self._choose(
-                self.compiled,
-                "compiled",
-                f"compiled {compiled_ms:.3f} ms < eager {eager_ms:.3f} ms",
-            )
-        else:
-            self._choose(
-                self.eager, "eager", f"eager {eager_ms:.3f} ms <= compiled {compiled_ms:.3f} ms"
-            )
+        self.report.eager_ms, self.report.compiled_ms = (
+            comparison.baseline_ms,
+            comparison.candidate_ms,
+        )
+        decision = decision_from_comparison(
+            comparison,
+            candidate="compiled",
+            baseline="eager",
+            machine=self.machine,
+            names=("eager", "compiled"),
+        )
+        self._choose(decision)
+        logger.info(
+            "torch_rc: graph %d runs %s: %s", self.report.index, decision.choice, decision.reason
+        )
         return result
 
-    def _choose(self, fn: Callable[..., Any], choice: str, reason: str) -> None:
-        self.report.choice = choice
-        self.report.choice_reason = reason
-        self._dispatch.choose(fn)
+    def _choose(self, decision: Decision, reason: str = "") -> None:
+        self.report.decision = decision
+        self.report.choice = decision.choice
+        self.report.choice_reason = reason or decision.reason
+        timing = decision.comparison
+        if timing is not None and self.report.eager_ms is None:
+            self.report.eager_ms, self.report.compiled_ms = timing.baseline_ms, timing.candidate_ms
+        side = self.compiled_side if decision.choice == "compiled" else self.eager_side
+        self._dispatch.choose(side)

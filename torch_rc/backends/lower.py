@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,24 +38,32 @@ class LoweredPartition:
     """A partition as a Relax module plus the calling convention of its ``main``.
 
     Attributes:
-        mod: IRModule whose ``main`` takes the inputs in order and returns a tuple.
-        inputs: Specs of the inputs, in order.
+        mod: IRModule whose ``main`` returns a tuple and takes the runtime inputs in order, then
+            the weights (``weights``, marked by ``main``'s ``num_input`` attribute, so that the
+            build lifts weight-only work out of the per-call function).
+        inputs: Specs of the inputs, in the partition's order.
         outputs: Specs of the outputs, in order.
         single_output: The FX partition returns one tensor rather than a tuple.
+        weights: Positions (in ``inputs``) of the weight inputs, in the order ``main`` takes them.
     """
 
     mod: object
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     single_output: bool
+    weights: tuple[int, ...] = ()
 
 
-def lower_partition(gm: torch.fx.GraphModule, input_values: Sequence[object]) -> LoweredPartition:
+def lower_partition(
+    gm: torch.fx.GraphModule, input_values: Sequence[object], weights: Collection[int] = ()
+) -> LoweredPartition:
     """Convert ``gm`` (ATen ops only) into a Relax function.
 
     Args:
         gm: The partition's GraphModule, placeholders in calling order.
         input_values: Example (usually fake) tensors for the placeholders, for shapes and dtypes.
+        weights: Positions of inputs that are the model's parameters or buffers (the same tensors
+            on every call): they go last, for the build to lift work on them out of the call.
 
     Raises:
         LoweringError: an op converter failed or the partition has non-tensor inputs or outputs.
@@ -72,11 +80,14 @@ def lower_partition(gm: torch.fx.GraphModule, input_values: Sequence[object]) ->
     importer = api.importer_cls()
     install_extra_converters(importer)
     importer.block_builder = relax.BlockBuilder()
-    params = []
+    variables = []
     for node, spec in zip(placeholders, inputs, strict=True):
         var = relax.Var(node.name, relax.TensorType(list(spec.shape), _tvm_dtype(spec.dtype)))
         importer.env[node] = var
-        params.append(var)
+        variables.append(var)
+    weight_order = tuple(sorted(set(weights)))
+    runtime_order = [i for i in range(len(variables)) if i not in set(weight_order)]
+    params = [variables[i] for i in runtime_order] + [variables[i] for i in weight_order]
 
     output_node = next(node for node in gm.graph.nodes if node.op == "output")
     raw_output = output_node.args[0]
@@ -108,7 +119,10 @@ def lower_partition(gm: torch.fx.GraphModule, input_values: Sequence[object]) ->
         raise LoweringError(
             f"Relax import failed at {_current(importer, gm)}: {type(exc).__name__}: {exc}"
         ) from exc
-    return LoweredPartition(builder.get(), inputs, outputs, single_output)
+    mod = builder.get()
+    if weight_order:
+        mod["main"] = mod["main"].with_attr("num_input", len(runtime_order))
+    return LoweredPartition(mod, inputs, outputs, single_output, weight_order)
 
 
 def _name(target: object) -> str:

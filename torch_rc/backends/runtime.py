@@ -1,14 +1,27 @@
 """Run a built partition: a Relax VM executable called with torch tensors through DLPack.
 
-On a GPU, tensors are handed over on the device (no copies), and every call runs on the current
-torch CUDA stream: TVM's kernels are launched on the stream tvm-ffi holds as the current stream
-of that device, which each call sets to ``torch.cuda.current_stream()`` for its duration. Nothing
-waits for the GPU in the call path; outputs are CUDA tensors ordered on that stream.
+Every kernel runs from an exported shared library, freshly built or loaded from the cache alike,
+so that its parallel loops are routed onto PyTorch's OpenMP threads
+(:mod:`torch_rc.platform.threads`) and a first-call timing measures what later processes run.
+
+The call path is kept short (docs/design.md, "Per-call overhead"): no Python shape checks (the
+graph's shapes are fixed by Dynamo's guards, and the VM checks its inputs itself; a mismatch is
+then explained as an :class:`InputMismatchError` naming both shapes), inputs handed over as
+DLPack views, outputs taken back without copies. Work that depends only on weights (transposes,
+batch-norm folding; Relax's ``LiftTransformParams``) runs once per version of the weights rather
+than on every call: the kernel keeps the transformed weights and redoes them only when a weight
+tensor is replaced or modified in place (its ``_version`` changes).
+
+On a GPU, tensors are handed over on the device, and every call runs on the current torch CUDA
+stream. Nothing waits for the GPU in the call path.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,42 +30,62 @@ from torch_rc.backends.lower import TensorSpec
 from torch_rc.backends.target import TargetInfo
 from torch_rc.errors import InputMismatchError
 
-__all__ = ["TVMKernel"]
+__all__ = ["KernelSignature", "TVMKernel"]
+
+
+@dataclass(frozen=True)
+class KernelSignature:
+    """How a partition's kernel is called.
+
+    Attributes:
+        inputs: Specs of the partition's inputs, in the partition's order.
+        outputs: Specs of its outputs.
+        single_output: The partition returns one tensor rather than a tuple.
+        weights: Positions (in ``inputs``) of the weights whose transforms were lifted out of the
+            per-call function, in the order ``main_transform_params`` takes them; empty when
+            nothing was lifted.
+    """
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    single_output: bool
+    weights: tuple[int, ...] = ()
+
+    @property
+    def runtime(self) -> tuple[int, ...]:
+        """Positions of the inputs passed on every call (everything but the lifted weights)."""
+        lifted = set(self.weights)
+        return tuple(i for i in range(len(self.inputs)) if i not in lifted)
 
 
 class TVMKernel:
     """A compiled partition that takes and returns torch tensors without copies.
 
-    Inputs are handed to the VM as DLPack views (tvm-ffi converts torch tensors at the call
-    boundary), so parameters stay where torch keeps them; outputs come back as torch tensors
-    sharing the VM's freshly allocated buffers. Each call checks the inputs against the specs the
-    kernel was built for and raises :class:`InputMismatchError` naming both, never computing on
-    the wrong shape.
+    Use :meth:`from_library`. ``calls`` counts calls (what ``explain`` reports runs).
     """
 
     def __init__(
         self,
         vm: Any,
-        inputs: Sequence[TensorSpec],
-        outputs: Sequence[TensorSpec],
-        single_output: bool,
+        signature: KernelSignature,
         name: str,
         *,
-        executable: Any = None,
-        library: bytes | None = None,
+        library: bytes,
         device: torch.device | None = None,
     ) -> None:
-        """Use :meth:`from_executable` or :meth:`from_library` rather than this."""
-        self.executable = executable
-        # Shared-library bytes, when the kernel was loaded from (or exported to) an artifact.
-        self.library = library
-        self.inputs = list(inputs)
-        self.outputs = list(outputs)
-        self.single_output = single_output
+        self.signature = signature
+        self.library = library  # shared-library bytes (what the cache stores)
         self.name = name
+        self.device = device or torch.device("cpu")
+        self.calls = 0
         self._vm = vm
         self._main = vm["main"]
-        self.device = device or torch.device("cpu")
+        self._transform = vm["main_transform_params"] if signature.weights else None
+        self._runtime = signature.runtime
+        self._weights = signature.weights
+        self._seen: list[tuple[torch.Tensor, int]] = []  # weights the transforms were made from
+        self._transformed: list[Any] = []
+        self._use_stream: Any = None
         self._stream_device: Any = None
         if self.device.type == "cuda":
             import tvm_ffi
@@ -60,66 +93,54 @@ class TVMKernel:
             self._stream_device = tvm_ffi.device("cuda", self.device.index or 0)
             self._use_stream = tvm_ffi.use_raw_stream
 
-    @classmethod
-    def from_executable(
-        cls,
-        executable: Any,
-        target: TargetInfo,
-        inputs: Sequence[TensorSpec],
-        outputs: Sequence[TensorSpec],
-        single_output: bool,
-        name: str,
-    ) -> TVMKernel:
-        """A kernel from a freshly built Relax executable, on ``target``'s device."""
-        vm = _start_vm(executable, target)
-        return cls(
-            vm,
-            inputs,
-            outputs,
-            single_output,
-            name,
-            executable=executable,
-            device=target.torch_device,
-        )
-
+    # ----------------------------------------------------------------------------- loading
     @classmethod
     def from_library(
         cls,
         library: bytes,
-        inputs: Sequence[TensorSpec],
-        outputs: Sequence[TensorSpec],
-        single_output: bool,
+        signature: KernelSignature,
         name: str,
         target: TargetInfo | None = None,
     ) -> TVMKernel:
         """A kernel from exported shared-library bytes. On the CPU without importing ``tvm`` (a
         warm start then pays ~0.03 s for tvm-ffi instead of ~1.4 s for the compiler stack); on a
         GPU through ``tvm`` (its CUDA kernels are compiled when the library is loaded)."""
-        import os
-        import tempfile
-
+        from torch_rc.platform.threads import route_library
         from torch_rc.tvm_shim import load_cpu_vm, tvm_api
 
-        gpu = target is not None and target.kind == "cuda"
+        gpu = target if target is not None and target.kind == "cuda" else None
         with tempfile.TemporaryDirectory(prefix="torch_rc_") as tmp:
             path = os.path.join(tmp, "kernel.so")
             with open(path, "wb") as handle:
                 handle.write(library)
             # dlopen keeps the mapping after the file is removed
-            if gpu:
-                vm = _start_vm(tvm_api().tvm.runtime.load_module(path), target)
+            if gpu is not None:
+                vm = _start_vm(tvm_api().tvm.runtime.load_module(path), gpu)
             else:
                 vm = load_cpu_vm(path)
-        device = target.torch_device if gpu else None
-        return cls(vm, inputs, outputs, single_output, name, library=library, device=device)
+            route_library(path)
+        device = gpu.torch_device if gpu is not None else None
+        return cls(vm, signature, name, library=library, device=device)
 
-    def check_inputs(self, args: Sequence[torch.Tensor]) -> None:
+    @classmethod
+    def from_executable(
+        cls, executable: Any, signature: KernelSignature, name: str, target: TargetInfo
+    ) -> TVMKernel:
+        """A kernel from a freshly built Relax executable (exported, then loaded like a cached
+        one, so both run the same way)."""
+        from torch_rc.tvm_shim import export_library
+
+        return cls.from_library(export_library(executable), signature, name, target)
+
+    # ----------------------------------------------------------------------------- calling
+    def check_inputs(self, args: Sequence[Any]) -> None:
         """Raise InputMismatchError unless ``args`` match the compiled specs exactly."""
-        if len(args) != len(self.inputs):
+        specs = self.signature.inputs
+        if len(args) != len(specs):
             raise InputMismatchError(
-                f"{self.name}: expected {len(self.inputs)} inputs, received {len(args)}"
+                f"{self.name}: expected {len(specs)} inputs, received {len(args)}"
             )
-        for index, (arg, spec) in enumerate(zip(args, self.inputs, strict=True)):
+        for index, (arg, spec) in enumerate(zip(args, specs, strict=True)):
             if isinstance(arg, torch.Tensor) and not _same_device(arg.device, self.device):
                 raise InputMismatchError(
                     f"{self.name}: input {index} is on {arg.device} but the kernel was compiled "
@@ -136,21 +157,55 @@ class TVMKernel:
                     else type(arg).__name__
                 )
                 raise InputMismatchError(
-                    f"{self.name}: input {index} was compiled for {spec.describe()} but received {got}; "
-                    "recompile for the new shape (torch.compile does this through its guards)"
+                    f"{self.name}: input {index} was compiled for {spec.describe()} but received "
+                    f"{got}; recompile for the new shape (torch.compile does this through its "
+                    "guards)"
                 )
 
-    def __call__(self, *args: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        self.check_inputs(args)
-        tensors = [arg if arg.is_contiguous() else arg.contiguous() for arg in args]
+    def _weights_current(self, args: Sequence[Any]) -> bool:
+        seen = self._seen
+        if not seen:
+            return False
+        for position, (tensor, version) in zip(self._weights, seen, strict=True):
+            arg = args[position]
+            if arg is not tensor or arg._version != version:
+                return False
+        return True
+
+    def _transform_weights(self, args: Sequence[Any]) -> None:
+        weights = [_contiguous(args[position]) for position in self._weights]
+        self._transformed = list(self._run(self._transform, [weights]))
+        self._seen = [(args[position], args[position]._version) for position in self._weights]
+
+    def _run(self, fn: Any, args: Sequence[Any]) -> Any:
         if self._stream_device is None:
-            result = self._main(*tensors)
+            return fn(*args)
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        with self._use_stream(self._stream_device, stream):
+            return fn(*args)
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        try:
+            if self._transform is None:
+                result = self._run(self._main, [_contiguous(a) for a in args])
+            else:
+                if not self._weights_current(args):
+                    self._transform_weights(args)
+                runtime = [_contiguous(args[i]) for i in self._runtime]
+                result = self._run(self._main, runtime + self._transformed)
+        except Exception:
+            self.check_inputs(args)  # a clear InputMismatchError when the inputs are the cause
+            raise
+        if self.device.type == "cpu":
+            outputs = tuple(_cpu_tensor(value) for value in result)
         else:
-            stream = torch.cuda.current_stream(self.device).cuda_stream
-            with self._use_stream(self._stream_device, stream):
-                result = self._main(*tensors)
-        outputs = tuple(_to_torch(value) for value in result)
-        return outputs[0] if self.single_output else outputs
+            outputs = tuple(_to_torch(value) for value in result)
+        return outputs[0] if self.signature.single_output else outputs
+
+
+def _contiguous(value: Any) -> Any:
+    return value if value.is_contiguous() else value.contiguous()
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -160,7 +215,7 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 
 
 def _start_vm(module: Any, target: TargetInfo) -> Any:
-    """A Relax VM for a built executable or loaded library on ``target``'s device."""
+    """A Relax VM for a loaded library on ``target``'s device."""
     from torch_rc.tvm_shim import prepare_cuda_compiler, tvm_api
 
     api = tvm_api()
@@ -170,6 +225,14 @@ def _start_vm(module: Any, target: TargetInfo) -> Any:
     with target.target:  # the lazy CUDA compile reads the architecture from the current target
         vm = api.relax.VirtualMachine(module, [target.tvm_device(), api.tvm.cpu(0)])
     return vm.module
+
+
+def _cpu_tensor(value: Any) -> torch.Tensor:
+    """A CPU tvm-ffi tensor as a torch tensor sharing its memory (0.5 us; ``torch.from_dlpack``
+    goes through the Python protocol and costs ~1.5 us)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch._C._from_dlpack(value._to_dlpack())
 
 
 def _to_torch(value: Any) -> torch.Tensor:

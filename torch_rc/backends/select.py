@@ -1,31 +1,38 @@
 """Choose, per partition and on its first real call, between the TVM kernel and PyTorch.
 
-On the first call a partition runs its PyTorch twin and its TVM kernel on the same real inputs,
-checks the TVM result against PyTorch (the correctness gate), times both, and from then on runs the
-faster one. The choice, the timings and any mismatch are recorded in its :class:`PartitionReport`,
-so a model is never silently slower than eager and never silently wrong.
+On the first call a partition runs its PyTorch twin and its TVM kernel on the same real inputs and
+checks the TVM result against PyTorch (the correctness gate) — also on adversarial variants of the
+inputs (:func:`torch_rc.numerics.probe_inputs`: shifted and scaled values below float32, NaN and
+Inf everywhere). A kernel that fails any of them never runs. Then both are timed
+(:func:`torch_rc.platform.timing.compare`) and the faster kept: TVM only on a clear, quiet win
+(:mod:`torch_rc.backends.decisions`). A cached decision is verified again and re-checked with a
+few rounds; it is measured afresh if it looks wrong, was provisional, or was timed with another
+thread count or CPU.
+
+After the first call the partitioned graph calls the chosen implementation directly (this module
+steps out of the call path); ``calls`` counters say what actually ran.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from torch_rc.backends.decisions import Decision, Machine, decision_from_comparison
 from torch_rc.backends.first_call import FirstCallDispatch
 from torch_rc.backends.runtime import TVMKernel
-from torch_rc.backends.timing import median_ms
 from torch_rc.errors import InputMismatchError, VerificationError
+from torch_rc.numerics import compare_outputs, probe_inputs
 from torch_rc.options import Options
+from torch_rc.platform.timing import Comparison, compare
 
-__all__ = ["PartitionReport", "SelectingPartition", "tolerances"]
+__all__ = ["Counted", "PartitionReport", "SelectingPartition", "recheck"]
 
 logger = logging.getLogger(__name__)
-
-# Stop timing a side once this much time has been spent on it (slow partitions get fewer runs).
-_TIMING_BUDGET_S = 1.0
 
 
 @dataclass
@@ -37,10 +44,11 @@ class PartitionReport:
         num_ops: Compute ops in the partition.
         ops: Op counts by name.
         status: ``"pending"`` (not called yet), ``"tvm"``, ``"torch"`` or ``"failed"``.
-        reason: Why the status is what it is (for torch/failed).
+        reason: Why the status is what it is.
         tvm_ms: Median TVM time on the first call, when measured.
         torch_ms: Median PyTorch time on the first call, when measured.
         max_abs_error: Largest difference between TVM and PyTorch in the verification.
+        decision: The full decision (state, numbers, machine), once made.
     """
 
     name: str
@@ -51,22 +59,61 @@ class PartitionReport:
     tvm_ms: float | None = None
     torch_ms: float | None = None
     max_abs_error: float | None = None
+    decision: Decision | None = None
 
 
-def tolerances(dtype: torch.dtype, options: Options) -> tuple[float, float]:
-    """(rtol, atol) for comparing TVM with PyTorch; fp32 defaults to 1e-4 / 1e-4."""
-    defaults = {
-        torch.float16: (1e-2, 1e-2),
-        torch.bfloat16: (2e-2, 2e-2),
-        torch.float32: (1e-4, 1e-4),
-        torch.float64: (1e-7, 1e-7),
-    }
-    rtol, atol = defaults.get(dtype, (0.0, 0.0))
-    return (options.rtol or rtol, options.atol or atol)
+def _calls(kernel: Any) -> int:
+    return int(getattr(kernel, "calls", 0)) if kernel is not None else 0
+
+
+class Counted:
+    """A callable that counts its calls (the PyTorch side of a partition or graph)."""
+
+    __slots__ = ("fn", "calls")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.calls = 0
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        return self.fn(*args)
+
+
+def recheck(
+    preset: Decision,
+    baseline: Callable[..., Any],
+    candidate: Callable[..., Any],
+    args: tuple[Any, ...],
+    margin: float,
+) -> bool:
+    """True when a cached choice of the candidate still looks right after a few interleaved
+    rounds (it is overturned only when the candidate is clearly slower)."""
+    quick = compare(
+        baseline, candidate, args, margin=margin, min_rounds=5, max_rounds=7, budget_s=0.2
+    )
+    clearly_slower = quick.low > 1.0 + margin and not quick.noisy
+    if clearly_slower:
+        logger.info(
+            "torch_rc: cached choice %s looks wrong now (%s); measuring again",
+            preset.choice,
+            quick.describe("baseline", "candidate"),
+        )
+    return not clearly_slower
 
 
 class SelectingPartition(torch.nn.Module):
-    """Stands in a partitioned graph for one TVM partition and runs the chosen implementation."""
+    """Stands in a partitioned graph for one TVM partition until its first call has chosen.
+
+    Args:
+        eager: The partition as an ATen GraphModule (its PyTorch twin).
+        kernel: The TVM kernel, or None (then PyTorch runs).
+        report: Filled in with the decision.
+        options: Tolerances, ``select``, ``verify``, timing settings.
+        machine: Where timings are taken (what a decision is valid for).
+        preset: A cached decision for this partition.
+        weights: Input positions that are weights (left out of the probes).
+    """
 
     def __init__(
         self,
@@ -74,118 +121,151 @@ class SelectingPartition(torch.nn.Module):
         kernel: TVMKernel | None,
         report: PartitionReport,
         options: Options,
-        preset: str | None = None,
+        machine: Machine,
+        preset: Decision | None = None,
+        weights: Collection[int] = (),
     ) -> None:
-        """``preset="tvm"`` is an earlier run's choice (from the cache): the first call still
-        verifies the kernel but skips timing. (A cached PyTorch choice gets no kernel at all.)"""
         super().__init__()
         self.eager = eager
         self.kernel = kernel
         self.report = report
         self.options = options
+        self.machine = machine
         self.preset = preset
-        self._dispatch = FirstCallDispatch(eager if kernel is None else None)
+        self.weights = frozenset(weights)
+        self.torch_side = Counted(eager)
+        self._parent: torch.nn.Module | None = None
+        self._attr = ""
+        self._dispatch = FirstCallDispatch()
+        self._counted_from = {"tvm": 0, "torch": 0}
+        if kernel is None:
+            self._choose_fn(self.torch_side)
 
-    def forward(self, *args: torch.Tensor) -> object:
+    def bind(self, parent: torch.nn.Module, attribute: str) -> None:
+        """Where this stands in the partitioned graph: after the first call the chosen
+        implementation is installed there directly."""
+        self._parent, self._attr = parent, attribute
+        if self._dispatch.chosen is not None:
+            self._install(self._dispatch.chosen)
+
+    def calls(self) -> dict[str, int]:
+        """How often each side ran since the first call chose (its verification and timing runs
+        are not counted)."""
+        return {
+            "tvm": _calls(self.kernel) - self._counted_from["tvm"],
+            "torch": self.torch_side.calls - self._counted_from["torch"],
+        }
+
+    def forward(self, *args: Any) -> Any:
         return self._dispatch.dispatch(args, self._first_call)
 
-    def _first_call(self, args: tuple[torch.Tensor, ...]) -> object:
-        """Verify, time and choose; return the chosen side's result for this call."""
-        assert_kernel = self.kernel
-        if assert_kernel is None:  # pragma: no cover - guarded in forward
-            self._dispatch.choose(self.eager)
-            return self.eager(*args)
+    # ----------------------------------------------------------------------- first call
+    def _first_call(self, args: tuple[Any, ...]) -> Any:
+        kernel = self.kernel
+        if kernel is None:  # pragma: no cover - chosen in __init__
+            return self.torch_side(*args)
         expected = self.eager(*args)
         try:
-            actual = assert_kernel(*args)
+            actual = kernel(*args)
         except InputMismatchError:
             raise
         except Exception as exc:  # e.g. a CUDA kernel whose (lazy) compile or launch fails
             if self.options.strict:
                 raise
-            self.report.status = "failed"
-            self.report.reason = f"TVM kernel failed on its first call: {type(exc).__name__}: {str(exc).strip()[-300:]}"
-            logger.warning("torch_rc: %s runs in PyTorch: %s", self.report.name, self.report.reason)
-            self._dispatch.choose(self.eager)
-            return expected
-        if self.options.verify:
-            problem = self._compare(expected, actual)
-            if problem:
-                self.report.status = "failed"
-                self.report.reason = f"TVM result differs from PyTorch: {problem}"
-                if self.options.strict:
-                    raise VerificationError(f"{self.report.name}: {self.report.reason}")
-                self._dispatch.choose(self.eager)
-                return expected
-        if self.options.select == "torch":
-            self._decide(self.eager, "torch", "option select='torch'")
-            return expected
-        if self.preset == "tvm":
-            self._decide(
-                assert_kernel, "tvm", "cached decision from an earlier run (verified again)"
+            message = f"{type(exc).__name__}: {str(exc).strip()[-300:]}"
+            return self._fixed(
+                "failed", f"TVM kernel failed on its first call: {message}", expected
             )
-            return actual
+        if self.options.verify:
+            problem = self._verify(kernel, args, expected, actual)
+            if problem:
+                if self.options.strict:
+                    raise VerificationError(f"{self.report.name}: {problem}")
+                return self._fixed("failed", problem, expected)
+        if self.options.select == "torch":
+            return self._fixed("torch", "option select='torch'", expected)
         if self.options.select == "tvm":
-            self._decide(assert_kernel, "tvm", "option select='tvm'")
-            return actual
-        torch_ms, tvm_ms = self._time(args)
-        self.report.torch_ms, self.report.tvm_ms = torch_ms, tvm_ms
-        if tvm_ms < torch_ms:
-            self._decide(assert_kernel, "tvm", f"TVM {tvm_ms:.3f} ms < PyTorch {torch_ms:.3f} ms")
-            return actual
-        self._decide(
-            self.eager,
-            "torch",
-            f"PyTorch {torch_ms:.3f} ms <= TVM {tvm_ms:.3f} ms (untuned TVM is slower)",
+            return self._fixed("tvm", "option select='tvm'", actual)
+        preset = self.preset
+        if preset is not None and preset.choice == "tvm" and preset.valid_on(self.machine):
+            if recheck(preset, self.eager, kernel, args, self.options.select_margin):
+                self._decide(preset, reason=f"cached decision, re-checked: {preset.reason}")
+                return actual
+        elif preset is not None and preset.state != "fixed":
+            logger.info(
+                "torch_rc: %s: measuring again: %s",
+                self.report.name,
+                preset.why_stale(self.machine),
+            )
+        comparison = self._time(args)
+        decision = decision_from_comparison(
+            comparison,
+            candidate="tvm",
+            baseline="torch",
+            machine=self.machine,
+            names=("PyTorch", "TVM"),
         )
-        return expected
+        self._decide(decision, comparison=comparison)
+        return actual if decision.choice == "tvm" else expected
 
-    def _decide(self, chosen: Callable[..., object], status: str, reason: str) -> None:
-        self.report.status = status
-        self.report.reason = reason
-        self._dispatch.choose(chosen)
-
-    def _compare(self, expected: object, actual: object) -> str:
-        exp = _flat(expected)
-        act = _flat(actual)
-        if len(exp) != len(act):
-            return f"{len(act)} outputs instead of {len(exp)}"
-        worst = 0.0
-        for index, (want, got) in enumerate(zip(exp, act, strict=True)):
-            if want.shape != got.shape or want.dtype != got.dtype:
-                return f"output {index} is {tuple(got.shape)} {got.dtype}, expected {tuple(want.shape)} {want.dtype}"
-            rtol, atol = tolerances(want.dtype, self.options)
+    def _verify(self, kernel: TVMKernel, args: tuple[Any, ...], expected: Any, actual: Any) -> str:
+        """Why the kernel's results differ from PyTorch's, or ``""``."""
+        rtol, atol = self.options.rtol, self.options.atol
+        match = compare_outputs(expected, actual, rtol=rtol, atol=atol)
+        if not match.ok:
+            return f"TVM result differs from PyTorch: {match.problem}"
+        worst = match.max_abs_error
+        for label, probe in probe_inputs(args, skip=self.weights):
             try:
-                torch.testing.assert_close(got, want, rtol=rtol, atol=atol, equal_nan=True)
-            except AssertionError as exc:
-                return f"output {index}: {str(exc).splitlines()[0]} ({_mismatch_summary(exc)})"
-            if want.is_floating_point() and want.numel():
-                worst = max(worst, float((got.double() - want.double()).abs().max()))
+                want = self.eager(*probe)
+            except Exception:  # PyTorch itself rejects this probe: nothing to compare with
+                continue
+            got = kernel(*probe)
+            match = compare_outputs(want, got, rtol=rtol, atol=atol, label=label)
+            if not match.ok:
+                return f"TVM result differs from PyTorch on {label}: {match.problem}"
+            worst = max(worst, match.max_abs_error)
         self.report.max_abs_error = worst
         return ""
 
-    def _time(self, args: tuple[torch.Tensor, ...]) -> tuple[float, float]:
-        ms = median_ms(
-            {"torch": self.eager, "tvm": self.kernel},  # type: ignore[dict-item]
+    def _time(self, args: tuple[Any, ...]) -> Comparison:
+        options = self.options
+        return compare(
+            self.eager,
+            self.kernel,  # type: ignore[arg-type]
             args,
-            self.options.measure_repeats,
-            _TIMING_BUDGET_S,
+            margin=options.select_margin,
+            min_rounds=options.measure_repeats,
+            budget_s=options.measure_budget_s,
         )
-        return ms["torch"], ms["tvm"]
 
+    # ----------------------------------------------------------------------- outcome
+    def _fixed(self, choice: str, reason: str, result: Any) -> Any:
+        self._decide(Decision(choice, "fixed", reason))
+        if choice != "tvm":
+            logger.info("torch_rc: %s runs in PyTorch: %s", self.report.name, reason)
+        return result
 
-def _flat(value: object) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [item for item in value if isinstance(item, torch.Tensor)]
-    return []
+    def _decide(
+        self, decision: Decision, *, reason: str = "", comparison: Comparison | None = None
+    ) -> None:
+        report = self.report
+        report.decision = decision
+        report.status = decision.choice
+        report.reason = reason or decision.reason
+        timing = comparison or decision.comparison
+        if timing is not None:
+            report.torch_ms, report.tvm_ms = timing.baseline_ms, timing.candidate_ms
+        chosen = self.kernel if decision.choice == "tvm" else self.torch_side
+        self._counted_from = {"tvm": _calls(self.kernel), "torch": self.torch_side.calls}
+        self._choose_fn(chosen)  # type: ignore[arg-type]
 
+    def _choose_fn(self, fn: Callable[..., Any]) -> None:
+        self._dispatch.choose(fn)
+        self._install(fn)
 
-def _mismatch_summary(exc: AssertionError) -> str:
-    lines = [
-        line.strip()
-        for line in str(exc).splitlines()
-        if "Greatest absolute" in line or "Mismatched" in line
-    ]
-    return "; ".join(lines[:2])
+    def _install(self, fn: Callable[..., Any]) -> None:
+        if self._parent is not None:
+            # An instance attribute is found before nn.Module's submodule lookup: the graph's
+            # call of this partition then goes straight to the chosen implementation.
+            self._parent.__dict__[self._attr] = fn

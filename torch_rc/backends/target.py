@@ -176,13 +176,18 @@ def _cpu_identity() -> str:
 
 def host_target_key(options: Options) -> str:
     """Cache key of the CPU target, computed without importing TVM (that import costs ~2 s,
-    which a warm start must not pay just to look up a key)."""
-    threads = options.num_threads or torch.get_num_threads()
+    which a warm start must not pay just to look up a key).
+
+    The thread count is not part of it: built kernels are the same whatever the thread count
+    (parallel loops take their team size at run time), so a replica with another thread count
+    reuses them; the first-call decisions, which do depend on it, record it and are measured
+    again where it differs (:mod:`torch_rc.backends.decisions`).
+    """
+    del options  # the key is the CPU's; options do not change it
     return json.dumps(
         {
             "kind": "llvm",
             "cpu": _cpu_identity(),
-            "num_cores": threads,
             "isa": torch.backends.cpu.get_cpu_capability(),
             "machine": platform.machine(),
         },
@@ -233,7 +238,7 @@ def describe_target_key(key: str) -> str:
     if parts.get("kind") == "cuda":
         return f"{parts.get('gpu')} ({parts.get('arch')}, {parts.get('sms')} SMs)"
     cpu = str(parts.get("cpu", "")).split(" flags:")[0]
-    return f"CPU {cpu} ({parts.get('isa')}, {parts.get('num_cores')} threads)"
+    return f"CPU {cpu} ({parts.get('isa')})"
 
 
 def _index(device: torch.device) -> int:

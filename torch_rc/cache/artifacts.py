@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import pickle
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,14 +20,14 @@ from typing import Any
 import torch
 from torch._dynamo.aot_compile_types import SerializableCallable
 
-from torch_rc.backends.lower import TensorSpec
+from torch_rc.backends.runtime import KernelSignature
 from torch_rc.errors import CacheError
 
 __all__ = ["CompiledGraph", "KernelBlob", "ARTIFACT_VERSION"]
 
 logger = logging.getLogger(__name__)
 
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -37,9 +35,7 @@ class KernelBlob:
     """A built TVM partition: its shared library and calling convention."""
 
     library: bytes
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    single_output: bool
+    signature: KernelSignature
 
 
 @dataclass(frozen=True)
@@ -78,6 +74,9 @@ class CompiledGraph(SerializableCallable):
         options: The resolved options, as a dict.
         kernels: TVM kernels (or blobs) by partition name, filled during compilation.
         report: The live GraphReport (not serialized).
+        partitions: The live SelectingPartitions by name (their call counters), filled during
+            compilation.
+        gate: The live whole-graph gate, when the graph has one.
     """
 
     def __init__(
@@ -95,6 +94,8 @@ class CompiledGraph(SerializableCallable):
         self.options = options
         self.kernels = kernels
         self.report = report
+        self.partitions: dict[str, Any] = {}
+        self.gate: Any = None
         # AOTAutograd traces an inference or a training graph depending on grad mode; a loaded
         # artifact must be re-traced the same way for its stored kernels to fit.
         self.grad_enabled = torch.is_grad_enabled()
@@ -109,21 +110,25 @@ class CompiledGraph(SerializableCallable):
             hook(self)
         return result
 
-    def decisions(self) -> dict[str, str]:
-        """First-call choices made so far: ``"graph"`` and one entry per partition."""
+    def decisions(self) -> dict[str, Any]:
+        """First-call decisions made so far (JSON-ready): ``"graph"`` and one per partition."""
         report = self.report
         if report is None:
             return {}
-        chosen = {part.name: part.status for part in report.partitions if part.status != "pending"}
-        if report.choice != "pending":
-            chosen["graph"] = report.choice
+        chosen = {
+            part.name: part.decision.to_json()
+            for part in report.partitions
+            if part.decision is not None
+        }
+        if report.decision is not None:
+            chosen["graph"] = report.decision.to_json()
         return chosen
 
     def to_bytes(self) -> bytes:
         return type(self).serialize_compile_artifacts(self)
 
     @classmethod
-    def load(cls, data: bytes, decisions: dict[str, str] | None = None) -> CompiledGraph:
+    def load(cls, data: bytes, decisions: dict[str, Any] | None = None) -> CompiledGraph:
         """Rebuild from :meth:`to_bytes` output, applying an earlier run's first-call decisions."""
         return cls._restore(data, decisions or {})
 
@@ -165,7 +170,7 @@ class CompiledGraph(SerializableCallable):
         return cls._restore(data, {})
 
     @classmethod
-    def _restore(cls, data: bytes, decisions: dict[str, str]) -> CompiledGraph:
+    def _restore(cls, data: bytes, decisions: dict[str, Any]) -> CompiledGraph:
         from torch._subclasses import FakeTensorMode
         from torch.fx._graph_pickler import GraphPickler
         from torch.fx.experimental.symbolic_shapes import ShapeEnv
@@ -229,11 +234,7 @@ def stored_kernels(data: bytes) -> dict[str, KernelBlob] | None:
 def _blob(kernel: Any) -> KernelBlob:
     if isinstance(kernel, KernelBlob):
         return kernel
-    if kernel.library is None:
-        kernel.library = export_library(kernel.executable)
-    return KernelBlob(
-        kernel.library, tuple(kernel.inputs), tuple(kernel.outputs), kernel.single_output
-    )
+    return KernelBlob(kernel.library, kernel.signature)
 
 
 def _fake(spec: InputSpec) -> object:
@@ -241,15 +242,6 @@ def _fake(spec: InputSpec) -> object:
         return spec.value
     tensor = torch.empty_strided(spec.shape, spec.stride, dtype=spec.dtype, device=spec.device)
     return tensor.requires_grad_(spec.requires_grad) if spec.requires_grad else tensor
-
-
-def export_library(executable: Any) -> bytes:
-    """The shared-library bytes of a Relax executable."""
-    with tempfile.TemporaryDirectory(prefix="torch_rc_") as tmp:
-        path = os.path.join(tmp, "kernel.so")
-        executable.export_library(path)
-        with open(path, "rb") as handle:
-            return handle.read()
 
 
 def options_dict(options: Any) -> dict[str, Any]:

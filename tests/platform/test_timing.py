@@ -1,0 +1,76 @@
+"""The robust comparison behind every first-call choice: paired rounds, an interval, a noise
+verdict. Fake callables with known costs stand in for kernels (timings are behaviour here: which
+side wins and whether the verdict is final), never wall-clock thresholds on real code."""
+
+import random
+import time
+
+import pytest
+
+from torch_rc.platform.timing import NOISY_SPREAD, compare, median_interval, spread
+
+
+def busy(seconds):
+    def run(*_args):
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    return run
+
+
+def test_a_clear_quiet_win_is_decided_for_the_candidate():
+    result = compare(busy(4e-4), busy(1e-4), (), min_rounds=8, budget_s=2.0)
+    assert result.verdict == "candidate" and result.decided
+    assert result.high < 0.95 and result.ratio < 0.5
+
+
+def test_a_clear_loss_is_decided_for_the_baseline():
+    result = compare(busy(1e-4), busy(4e-4), (), min_rounds=8, budget_s=2.0)
+    assert result.verdict == "baseline" and result.decided and result.ratio > 2
+
+
+def test_equal_sides_never_pick_the_candidate():
+    fn = busy(2e-4)
+    result = compare(fn, fn, (), min_rounds=8, budget_s=1.0)
+    assert result.verdict != "candidate"
+
+
+def test_a_baseline_slowed_down_on_most_rounds_is_not_a_final_win():
+    # The issue's scenario: eager measured while the machine was busy. Here the baseline is
+    # slowed 20x on a random 60% of its runs while both sides really cost the same: the median
+    # ratio alone would call the candidate 20x faster; the ratios' spread marks it noisy.
+    rng = random.Random(0)
+    fast = busy(1e-4)
+
+    def sometimes_slow(*args):
+        (busy(2e-3) if rng.random() < 0.6 else fast)(*args)
+
+    for _ in range(5):  # whatever share of the rounds the slowdown lands on
+        result = compare(sometimes_slow, fast, (), min_rounds=10, max_rounds=40, budget_s=3.0)
+        assert not (result.verdict == "candidate" and result.decided)
+        assert result.noisy
+        assert result.spread > NOISY_SPREAD or result.min_ratio > 0.95
+
+
+def test_sampling_stops_at_the_budget():
+    calls = []
+
+    def slow(*_args):
+        calls.append(1)
+        time.sleep(0.02)
+
+    compare(slow, slow, (), min_rounds=50, max_rounds=50, budget_s=0.05)
+    assert 2 * 3 <= len(calls) <= 2 * 6  # warm-up pairs plus the minimum of 3 rounds
+
+
+def test_median_interval_is_distribution_free_order_statistics():
+    samples = list(range(1, 101))  # median 50.5
+    low, high = median_interval(samples)
+    assert low < 50.5 < high and (low, high) == (41, 60)
+    assert median_interval([1, 2, 3]) == (1, 3)  # too few rounds: the whole range
+
+
+def test_spread_is_the_relative_interquartile_range():
+    assert spread([1.0, 1.0, 1.0, 1.0]) == 0.0
+    assert spread([1, 2, 3, 4, 5]) == pytest.approx(2 / 3)

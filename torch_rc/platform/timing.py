@@ -1,0 +1,216 @@
+"""Decide which of two implementations is faster, robustly, on a shared and noisy machine.
+
+A first-call choice that a busy moment decides wrongly is a model slower than eager for good (one
+was seen 8x slower: eager measured at 14-32 ms while the machine was busy, for a model that takes
+0.06 ms). :func:`compare` therefore
+
+* warms both sides up, then times them in **paired rounds** whose order alternates (A B, B A, ...),
+  so slow periods hit both sides of a round alike and order effects cancel;
+* summarises the rounds as the **median of the per-round ratios** candidate / baseline with a
+  distribution-free confidence interval (order statistics of the binomial sign test);
+* measures the **spread** (interquartile range / median) of the per-round ratios: on this
+  machine they spread 0.02-0.13 when quiet and up to ~6 with busy neighbours. (Each side's own
+  times may drift together — seen going from 40 to 160 us and back within 60 rounds — which the
+  pairing cancels, so they are not what decides.)
+* keeps sampling until the interval decides or the time budget runs out.
+
+Interference only ever adds time, so the fastest run of each side is also compared: a
+candidate whose median win is not confirmed by the ratio of the two sides' fastest runs (the
+baseline was slowed on most rounds, not generally slower) is marked noisy.
+
+The verdict is ``"candidate"`` only when the whole interval lies below ``1 - margin``, the fastest
+runs agree, and the timings are not noisy; ``"baseline"`` when the candidate is clearly not that much faster;
+otherwise ``"undecided"``. An undecided or noisy comparison is *provisional*: callers run the
+baseline and do not treat the choice as final (see :mod:`torch_rc.backends.decisions`).
+
+CUDA work is asynchronous, so each timed call is bracketed by a synchronisation of the inputs'
+devices (the times are the work, not the launch).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = [
+    "Comparison",
+    "NOISY_SPREAD",
+    "compare",
+    "cuda_devices",
+    "median_interval",
+    "spread",
+]
+
+# Relative interquartile range of the paired ratios above which timings are too noisy to decide
+# (quiet: 0.02-0.35 for calls of 50 us to 1 ms; a busy neighbour: up to ~6).
+NOISY_SPREAD = 0.5
+# Two-sided normal quantile for a 95% interval.
+_Z95 = 1.959964
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The outcome of timing a candidate against a baseline on the same inputs.
+
+    Attributes:
+        baseline_ms: Median time of the baseline.
+        candidate_ms: Median time of the candidate.
+        ratio: Median of the per-round ratios candidate / baseline (below 1: candidate faster).
+        low: Lower end of the 95% interval of that median.
+        high: Upper end.
+        spread: Relative interquartile range of the per-round ratios (the noise).
+        rounds: Paired rounds timed.
+        verdict: ``"candidate"``, ``"baseline"`` or ``"undecided"``.
+        noisy: ``spread`` exceeded :data:`NOISY_SPREAD`, or the fastest runs contradict a win.
+        min_ratio: Fastest candidate run / fastest baseline run.
+    """
+
+    baseline_ms: float
+    candidate_ms: float
+    ratio: float
+    low: float
+    high: float
+    spread: float
+    rounds: int
+    verdict: str
+    noisy: bool
+    min_ratio: float = math.nan
+
+    @property
+    def decided(self) -> bool:
+        """A clear verdict on quiet timings (a choice that may be kept for good)."""
+        return self.verdict != "undecided" and not self.noisy
+
+    def describe(self, baseline: str, candidate: str) -> str:
+        """One line: both medians, the ratio with its interval, the noise and the rounds."""
+        return (
+            f"{candidate} {self.candidate_ms:.3f} ms vs {baseline} {self.baseline_ms:.3f} ms "
+            f"(ratio {self.ratio:.2f}, 95% [{self.low:.2f}, {self.high:.2f}], spread "
+            f"{self.spread:.2f}, {self.rounds} rounds{', noisy' if self.noisy else ''})"
+        )
+
+
+def cuda_devices(args: Sequence[Any]) -> list[torch.device]:
+    """The distinct CUDA devices of the tensors in ``args``."""
+    seen: dict[torch.device, None] = {}
+    for arg in args:
+        if isinstance(arg, torch.Tensor) and arg.is_cuda:
+            seen[arg.device] = None
+    return list(seen)
+
+
+def spread(samples: Sequence[float]) -> float:
+    """Interquartile range / median (0 for fewer than 4 samples or a zero median)."""
+    if len(samples) < 4:
+        return 0.0
+    q1, median, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return (q3 - q1) / median if median > 0 else 0.0
+
+
+def median_interval(samples: Sequence[float]) -> tuple[float, float]:
+    """A distribution-free 95% interval for the median (order statistics of the sign test)."""
+    ordered = sorted(samples)
+    n = len(ordered)
+    if n < 6:  # too few rounds for a 95% interval: the whole range
+        return ordered[0], ordered[-1]
+    half_width = _Z95 * math.sqrt(n) / 2
+    lower = max(0, math.floor(n / 2 - half_width))
+    upper = min(n - 1, math.ceil(n / 2 + half_width) - 1)
+    return ordered[lower], ordered[upper]
+
+
+def _timer(args: Sequence[Any]) -> Callable[[Callable[..., Any]], float]:
+    devices = cuda_devices(args)
+
+    def timed(fn: Callable[..., Any]) -> float:
+        for device in devices:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn(*args)
+        for device in devices:
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    return timed
+
+
+def compare(
+    baseline: Callable[..., Any],
+    candidate: Callable[..., Any],
+    args: Sequence[Any],
+    *,
+    margin: float = 0.05,
+    min_rounds: int = 8,
+    max_rounds: int = 60,
+    budget_s: float = 1.0,
+    warmup: int = 2,
+) -> Comparison:
+    """Time ``candidate`` against ``baseline`` on ``args`` and say which is faster (see module).
+
+    Args:
+        margin: The candidate must be at least this much faster (0.05: 5%) to win.
+        min_rounds: Paired rounds before a verdict may be taken.
+        max_rounds: Paired rounds at most.
+        budget_s: Wall time after which sampling stops (after at least 3 rounds).
+        warmup: Untimed calls of each side first.
+    """
+    timed = _timer(args)
+    for _ in range(warmup):
+        baseline(*args)
+        candidate(*args)
+    base: list[float] = []
+    cand: list[float] = []
+    deadline = time.monotonic() + budget_s
+    for round_index in range(max_rounds):
+        if round_index % 2 == 0:
+            base.append(timed(baseline))
+            cand.append(timed(candidate))
+        else:
+            cand.append(timed(candidate))
+            base.append(timed(baseline))
+        rounds = round_index + 1
+        if rounds >= min_rounds and _summarise(base, cand, margin).decided:
+            break
+        if rounds >= 3 and time.monotonic() > deadline:
+            break
+    return _summarise(base, cand, margin)
+
+
+def _summarise(base: list[float], cand: list[float], margin: float) -> Comparison:
+    ratios = [c / b if b > 0 else math.inf for b, c in zip(base, cand, strict=True)]
+    low, high = median_interval(ratios)
+    ratio = statistics.median(ratios)
+    noise = spread(ratios)
+    noisy = noise > NOISY_SPREAD
+    threshold = 1.0 - margin
+    fastest = min(cand) / min(base) if min(base) > 0 else math.inf
+    if high < threshold and fastest >= threshold:
+        # The median says the candidate wins, the fastest runs say it does not: the baseline
+        # was slowed on most rounds (interference), not slower in general.
+        verdict, noisy = "undecided", True
+    elif high < threshold:
+        verdict = "candidate"
+    elif low >= threshold or ratio >= 1.0 + margin:
+        # The candidate is not faster by the margin (its best plausible ratio misses it), or it
+        # is clearly slower.
+        verdict = "baseline"
+    else:
+        verdict = "undecided"
+    return Comparison(
+        baseline_ms=statistics.median(base) * 1e3,
+        candidate_ms=statistics.median(cand) * 1e3,
+        ratio=ratio,
+        low=low,
+        high=high,
+        spread=noise,
+        rounds=len(base),
+        verdict=verdict,
+        noisy=noisy,
+        min_ratio=fastest,
+    )
