@@ -7,6 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from torch_rc.backends.decisions import Decision
 from torch_rc.backends.target import host_target_key
 from torch_rc.cache.keys import KeyDetails, environment_parts
 from torch_rc.cache.records import Check, TuningRecord
@@ -30,7 +31,8 @@ def fill(cache_dir, target):
         )
     )
     parts = {**environment_parts(target), "graph": "g"}
-    store.put_artifact(KeyDetails("artifact", parts), _payload(), {"graph": "compiled"})
+    decision = Decision("compiled", "fixed", "option select='tvm'")
+    store.put_artifact(KeyDetails("artifact", parts), _payload(), {"graph": decision.to_json()})
     return store
 
 
@@ -79,12 +81,10 @@ def test_export_import_round_trip_keeps_the_faster_record(tmp_path, local_target
     assert [r.latency_s for r in best] == [0.0005, 0.001, 0.002]
     again = cli("cache", "--cache-dir", str(dst), "import", str(tmp_path / "b.trc"))
     assert "(1 already present)" in again.output
-    listing = cli("cache", "--cache-dir", str(dst), "ls")
-    assert (
-        "0.5000" in listing.output
-        and "mcts" in listing.output
-        and "graph=compiled" in listing.output
-    )
+    listing = json.loads(cli("cache", "--cache-dir", str(dst), "ls", "--json").output)
+    assert listing["records"][0]["latency_ms"] == 0.5
+    assert {r["method"] for r in listing["records"]} >= {"mcts"}
+    assert listing["graphs"][0]["decisions"]["graph"]["choice"] == "compiled"
 
 
 def test_bundle_for_another_target_is_refused_unless_allowed(tmp_path):
@@ -252,3 +252,29 @@ def test_device_flag_names_a_missing_gpu_or_a_bad_device(tmp_path):
     bad = cli("tune", "torch.nn:Identity", "--input", "8x32", "--device", "tpu")
     assert bad.exit_code == 2 and "--device" in bad.output
     assert not (tmp_path / "store.sqlite").exists()
+
+
+def test_ls_names_compiled_graphs_and_forget_decisions_keeps_kernels(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_RC_CACHE_DIR", str(tmp_path))
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU()).eval()
+    compiled = torch.compile(model, backend="reasoning")
+    with torch.no_grad():
+        compiled(torch.randn(4, 16))
+    listing = json.loads(cli("cache", "--cache-dir", str(tmp_path), "ls", "--json").output)
+    (graph,) = listing["graphs"]
+    assert graph["model"] == "Sequential" and graph["inputs"] == ["(4, 16) float32"]
+    assert "aten.addmm.default" in graph["ops"] and "aten.gelu.default" in graph["ops"]
+    assert graph["decisions"]["graph"]["choice"] in ("compiled", "eager")
+    text = cli("cache", "--cache-dir", str(tmp_path), "ls").output
+    assert "Sequential" in text and "threads" in text
+
+    assert cli(
+        "cache", "--cache-dir", str(tmp_path), "forget-decisions", "--model", "Other"
+    ).output.startswith("forgot the decisions of 0")
+    result = cli("cache", "--cache-dir", str(tmp_path), "forget-decisions")
+    assert result.exit_code == 0 and "of 1 compiled graph" in result.output
+    (graph,) = json.loads(cli("cache", "--cache-dir", str(tmp_path), "ls", "--json").output)[
+        "graphs"
+    ]
+    assert graph["decisions"] == {} and graph["model"] == "Sequential"  # kernels, description kept
+    assert graph["graph"] == "not decided yet"

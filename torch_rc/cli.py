@@ -164,12 +164,33 @@ def cache(ctx: click.Context, cache_dir: str | None, cache_url: str | None) -> N
 
 @cache.command("ls")
 @click.option("--limit", default=50, show_default=True, help="Rows per table.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.pass_obj
 @_clear_errors
-def cache_ls(location: tuple[str | None, str | None], limit: int) -> None:
-    """List tuning records (best latency, samples, provenance) and compiled artifacts."""
+def cache_ls(location: tuple[str | None, str | None], limit: int, as_json: bool) -> None:
+    """List tuning records (best latency, samples, provenance) and compiled graphs (model,
+    input shapes, main ops, and each first-call decision with its numbers and age)."""
+    from torch_rc.backends.target import describe_target_key
+
     store = _store(location)
-    records = store.all_records()
+    records = store.all_records()[:limit]
+    graphs = [_graph_row(entry) for entry in store.artifacts()[:limit]]
+    if as_json:
+        rows = [
+            {
+                "workload": r.workload_key,
+                "target": describe_target_key(r.target_key),
+                "latency_ms": r.latency_s * 1e3,
+                "samples": r.samples,
+                "method": r.method,
+                "proposer": r.proposer,
+                "models": list(r.models),
+                "created": r.created,
+            }
+            for r in records
+        ]
+        click.echo(json.dumps({"records": rows, "graphs": graphs}, indent=2))
+        return
     table = Table(
         "workload",
         "target",
@@ -180,9 +201,7 @@ def cache_ls(location: tuple[str | None, str | None], limit: int) -> None:
         "created",
         title="Tuning records",
     )
-    from torch_rc.backends.target import describe_target_key
-
-    for record in records[:limit]:
+    for record in records:
         table.add_row(
             record.workload_key[:16],
             describe_target_key(record.target_key)[:40],
@@ -192,21 +211,111 @@ def cache_ls(location: tuple[str | None, str | None], limit: int) -> None:
             ", ".join(filter(None, [record.proposer, *record.models])) or "-",
             _when(record.created),
         )
-    console.print(table)
-    artifacts = store.artifacts()
+    wide_console.print(table)
     table = Table(
-        "key", "size KB", "hits", "last used", "decisions", title="Compiled-graph artifacts"
+        "key",
+        "model",
+        "inputs",
+        "main ops",
+        "runs",
+        "partitions",
+        "KB",
+        "hits",
+        "last used",
+        title="Compiled graphs",
     )
-    for entry in artifacts[:limit]:
-        decisions = ", ".join(f"{k}={v}" for k, v in sorted(entry.decisions.items())) or "-"
+    for row in graphs:
         table.add_row(
-            entry.key[:12],
-            f"{entry.size / 1024:.0f}",
-            str(entry.hits),
-            _when(entry.last_used),
-            decisions,
+            row["key"][:12],
+            row["model"],
+            "\n".join(row["inputs"]),
+            "\n".join(f"{op.removeprefix('aten.')} x{n}" for op, n in row["ops"].items()),
+            row["graph"],
+            row["partitions"],
+            f"{row['size'] / 1024:.0f}",
+            str(row["hits"]),
+            _when(row["last_used"]),
         )
-    console.print(table)
+    wide_console.print(table)
+
+
+def _graph_row(entry: Any) -> dict[str, Any]:
+    """A compiled-graph artifact as ``cache ls`` shows it."""
+    from torch_rc.backends.decisions import decisions_from_json
+    from torch_rc.backends.dynamo import ABOUT
+
+    about = entry.decisions.get(ABOUT) if isinstance(entry.decisions.get(ABOUT), dict) else {}
+    decisions = decisions_from_json(entry.decisions)
+    graph = decisions.pop("graph", None)
+    statuses: dict[str, int] = {}
+    for decision in decisions.values():
+        statuses[decision.choice] = statuses.get(decision.choice, 0) + 1
+    return {
+        "key": entry.key,
+        "model": str(about.get("model", "?")),
+        "inputs": [str(x) for x in about.get("inputs", [])],
+        "ops": {str(k): int(v) for k, v in dict(about.get("ops", {})).items()},
+        "graph": _describe_decision(graph),
+        "partitions": ", ".join(f"{n} {c}" for c, n in sorted(statuses.items())) or "-",
+        "decisions": {name: d.to_json() for name, d in decisions.items()}
+        | ({"graph": graph.to_json()} if graph else {}),
+        "size": entry.size,
+        "hits": entry.hits,
+        "created": entry.created,
+        "last_used": entry.last_used,
+    }
+
+
+def _describe_decision(decision: Any) -> str:
+    """``compiled; compiled at 1.80x eager speed (95% 1.6-2.0x) (final, 2 threads, 3 h ago)``."""
+    if decision is None:
+        return "not decided yet"
+    text = decision.choice
+    timing = decision.comparison
+    if timing is not None and timing.ratio > 0 and timing.low > 0:
+        text += (
+            f"; compiled at {1 / timing.ratio:.2f}x eager speed "
+            f"(95% {1 / timing.high:.2f}-{1 / timing.low:.2f}x)"
+        )
+    if decision.state == "fixed":
+        return f"{text} (fixed: {decision.reason[:60]})"
+    hours = (time.time() - decision.at) / 3600
+    age = f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.0f} min"
+    return f"{text} ({decision.state}, {decision.threads} threads, {age} ago)"
+
+
+@cache.command("forget-decisions")
+@click.option("--key", "key_prefix", default="", help="Only graphs whose key starts with this.")
+@click.option("--model", default="", help="Only graphs of this model (as cache ls names it).")
+@click.pass_obj
+@_clear_errors
+def cache_forget_decisions(
+    location: tuple[str | None, str | None], key_prefix: str, model: str
+) -> None:
+    """Clear first-call decisions (the next process measures again), keeping the built
+    kernels and every tuning record."""
+    from torch_rc.backends.dynamo import ABOUT
+
+    store = _store(location)
+    if store.degraded:
+        raise click.ClickException(f"cannot change the cache: {store.degraded}")
+    forgotten = 0
+    for entry in store.artifacts():
+        about = entry.decisions.get(ABOUT)
+        if key_prefix and not entry.key.startswith(key_prefix):
+            continue
+        if model and (not isinstance(about, dict) or about.get("model") != model):
+            continue
+        kept = {ABOUT: about} if about is not None else {}
+        if kept != entry.decisions:
+            if not store.set_decisions(entry.key, kept):
+                raise click.ClickException(
+                    f"could not write the cache (graph {entry.key[:12]}); see the warning above"
+                )
+            forgotten += 1
+    console.print(
+        f"forgot the decisions of {forgotten} compiled graph(s); kernels and tuning records are kept"
+    )
 
 
 @cache.command("stats")

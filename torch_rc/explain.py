@@ -1,18 +1,34 @@
-"""``torch_rc.explain``: what runs on TVM, what falls back to PyTorch, and why."""
+"""``torch_rc.explain``: what runs on TVM, what falls back to PyTorch, why, and with what numbers.
+
+Two modes:
+
+* ``explain(compiled_model)`` — the model ``torch.compile(..., backend="reasoning")`` returned —
+  reads the decisions actually in force in that model (loaded from the cache or made on its
+  first call), with their measured numbers, noise, state and age, and how often each side has run
+  since (its call counters). Nothing is compiled, timed or tuned. Given example inputs, the model
+  is called once first (a model that was never called has nothing to report yet).
+* ``explain(model, *inputs)`` on a plain model or function is a **fresh analysis**: it compiles
+  the model without the artifact cache (tuned records in the cache are still used), runs it once
+  under ``torch.no_grad()`` and reports what that compile decided. It never tunes unless asked
+  with ``tune=True``.
+"""
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from torch_rc.backends.compiler import GraphReport
-from torch_rc.options import Options
+from torch_rc.backends.decisions import Decision
+from torch_rc.errors import TorchRCError
+from torch_rc.options import TUNING_OPTIONS, Options
 
-__all__ = ["CoverageReport", "FallbackSummary", "explain"]
+__all__ = ["CoverageReport", "FallbackSummary", "compiled_graphs", "explain"]
 
 
 @dataclass(frozen=True)
@@ -26,13 +42,21 @@ class FallbackSummary:
 
 @dataclass
 class CoverageReport:
-    """Coverage of one model's compiled graphs.
+    """Coverage and decisions of one model's compiled graphs.
 
-    ``lowered`` counts ops that TVM compiled; ``executed`` counts ops that actually run on TVM after
-    each partition's first-call choice (a partition that is slower on TVM runs in PyTorch).
+    ``lowered`` counts ops that TVM compiled; ``executed`` counts ops that actually run on TVM
+    after each partition's first-call choice and the whole-graph choice.
+
+    Attributes:
+        graphs: One report per compiled graph.
+        mode: ``"compiled model"`` (decisions in force) or ``"fresh analysis"``.
+        compiled: The live compiled graphs (for call counters), parallel to ``graphs``; empty in a
+            fresh analysis.
     """
 
     graphs: list[GraphReport] = field(default_factory=list)
+    mode: str = "fresh analysis"
+    compiled: list[Any] = field(default_factory=list)
 
     @property
     def num_graphs(self) -> int:
@@ -62,6 +86,19 @@ class CoverageReport:
     def executed_fraction(self) -> float:
         return self.executed_ops / self.total_ops if self.total_ops else 0.0
 
+    def calls(self) -> list[dict[str, Any]]:
+        """Per compiled graph: how often each side ran since its first call, and per partition
+        how often TVM and PyTorch ran (empty in a fresh analysis)."""
+        out = []
+        for compiled in self.compiled:
+            out.append(
+                {
+                    "graph": compiled.calls(),
+                    "partitions": {name: p.calls() for name, p in compiled.partitions.items()},
+                }
+            )
+        return out
+
     def fallbacks(self) -> list[FallbackSummary]:
         """Ops that run in PyTorch, most frequent first, each with its distinct reasons."""
         counts: collections.Counter[str] = collections.Counter()
@@ -80,26 +117,31 @@ class CoverageReport:
         return [FallbackSummary(op, n, tuple(reasons[op])) for op, n in counts.most_common()]
 
     def summary(self) -> str:
-        """One line: graphs, partitions and coverage fractions."""
+        """One line: mode, graphs, partitions and coverage fractions."""
         return (
-            f"{self.num_graphs} graph(s), {self.num_partitions} TVM partition(s); "
-            f"ATen ops lowered to TVM: {self.lowered_ops}/{self.total_ops} ({self.lowered_fraction:.0%}), "
-            f"executed on TVM: {self.executed_ops}/{self.total_ops} ({self.executed_fraction:.0%})"
+            f"{self.mode}: {self.num_graphs} graph(s), {self.num_partitions} TVM partition(s); "
+            f"ATen ops lowered to TVM: {self.lowered_ops}/{self.total_ops} "
+            f"({self.lowered_fraction:.0%}), executed on TVM: {self.executed_ops}/{self.total_ops} "
+            f"({self.executed_fraction:.0%})"
         )
 
-    def __str__(self) -> str:
-        lines = [self.summary()]
-        for graph in self.graphs:
-            lines.append(
-                f"graph {graph.index} [{graph.target}] built in {graph.compile_s:.2f}s; runs {graph.choice}: {graph.choice_reason}"
+    def _lines(self) -> Iterator[str]:
+        calls = self.calls() if self.compiled else [{} for _ in self.graphs]
+        for graph, counters in zip(self.graphs, calls, strict=True):
+            yield (
+                f"graph {graph.index} [{graph.target}] built in {graph.compile_s:.2f}s, cache "
+                f"{graph.cache}; runs {graph.choice} ({_state(graph.decision)}): "
+                f"{graph.choice_reason}{_counts(counters.get('graph'))}"
             )
+            parts = counters.get("partitions", {})
             for part in graph.partitions:
-                timing = ""
-                if part.tvm_ms is not None and part.torch_ms is not None:
-                    timing = f" tvm {part.tvm_ms:.3f} ms vs torch {part.torch_ms:.3f} ms;"
-                lines.append(
-                    f"  {part.name}: {part.num_ops} ops -> {part.status};{timing} {part.reason}".rstrip()
+                yield (
+                    f"  {part.name}: {part.num_ops} ops -> {part.status} ({_state(part.decision)}): "
+                    f"{part.reason}{_counts(parts.get(part.name))}"
                 )
+
+    def __str__(self) -> str:
+        lines = [self.summary(), *self._lines()]
         fallbacks = self.fallbacks()
         if fallbacks:
             lines.append("ops running in PyTorch:")
@@ -110,46 +152,148 @@ class CoverageReport:
     def print(self) -> None:
         """Pretty-print with rich (plain text when rich's console is not a terminal)."""
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         console = Console()
-        console.print(f"[bold]torch_rc coverage[/bold]: {self.summary()}")
-        for graph in self.graphs:
+        console.print(f"[bold]torch_rc[/bold] {escape(self.summary())}")
+        calls = self.calls() if self.compiled else [{} for _ in self.graphs]
+        for graph, counters in zip(self.graphs, calls, strict=True):
             console.print(
-                f"graph {graph.index} [{graph.target}]: runs {graph.choice} ({graph.choice_reason})"
+                escape(
+                    f"graph {graph.index} [{graph.target}]: runs {graph.choice} "
+                    f"({_state(graph.decision)}) {graph.choice_reason}"
+                    f"{_counts(counters.get('graph'))}"
+                )
             )
         parts = Table(
             "graph",
             "partition",
             "ops",
             "runs on",
+            "state",
             "tvm ms",
             "torch ms",
+            "calls",
             "why",
             title="TVM partitions",
         )
-        for graph in self.graphs:
+        for graph, counters in zip(self.graphs, calls, strict=True):
             for part in graph.partitions:
+                ran = counters.get("partitions", {}).get(part.name)
                 parts.add_row(
                     str(graph.index),
                     part.name,
                     str(part.num_ops),
                     part.status,
+                    _state(part.decision),
                     _ms(part.tvm_ms),
                     _ms(part.torch_ms),
-                    part.reason,
+                    ", ".join(f"{k} {v}" for k, v in ran.items()) if ran else "-",
+                    escape(part.reason),
                 )
         console.print(parts)
         fallbacks = self.fallbacks()
         if fallbacks:
             table = Table("ATen op", "count", "reason", title="Ops running in PyTorch")
             for item in fallbacks:
-                table.add_row(item.op, str(item.count), "\n".join(item.reasons))
+                table.add_row(item.op, str(item.count), escape("\n".join(item.reasons)))
             console.print(table)
 
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _state(decision: Decision | None) -> str:
+    if decision is None:
+        return "pending"
+    if decision.state == "fixed":
+        return "fixed"
+    age = _age(time.time() - decision.at)
+    return f"{decision.state}, {decision.threads} threads, decided {age} ago"
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{max(seconds, 0):.0f} s"
+
+
+def _counts(counters: Mapping[str, int] | None) -> str:
+    if not counters:
+        return ""
+    return "; calls since: " + ", ".join(f"{side} {n}" for side, n in counters.items())
+
+
+def _is_compiled(model: Any) -> bool:
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return isinstance(model, OptimizedModule) or hasattr(model, "_torchdynamo_orig_callable")
+
+
+def compiled_graphs(compiled_model: Any) -> list[Any]:
+    """The torch_rc :class:`~torch_rc.cache.artifacts.CompiledGraph` objects a ``torch.compile``
+    result holds, in the order Dynamo compiled them (graph breaks' resume functions included).
+
+    Raises:
+        TorchRCError: ``compiled_model`` is not the result of ``torch.compile``.
+    """
+    from torch_rc.cache.artifacts import LIVE_GRAPHS, CompiledGraph
+
+    if not _is_compiled(compiled_model):
+        raise TorchRCError(
+            f"{type(compiled_model).__name__} is not a torch.compile result; call explain(model, "
+            "*example_inputs) for a fresh analysis of an uncompiled model"
+        )
+    original = getattr(compiled_model, "_orig_mod", None)
+    function = (
+        original.forward if original is not None else compiled_model._torchdynamo_orig_callable
+    )
+    function = getattr(function, "__func__", function)
+    found: dict[int, CompiledGraph] = {}
+    # Graphs whose traced frame was this module (its forward, or the wrapper Dynamo puts around
+    # built-in modules) or this function.
+    for graph in list(LIVE_GRAPHS):
+        module = graph.origin() if graph.origin is not None else None
+        if (original is not None and module is original) or (
+            original is None and graph.origin_code is getattr(function, "__code__", None)
+        ):
+            found.setdefault(id(graph), graph)
+    # And those of its graph breaks' resume functions, through Dynamo's cache entries.
+    seen: set[int] = set()
+    todo = [(function.__code__, function.__globals__)] if hasattr(function, "__code__") else []
+    while todo:
+        code, scope = todo.pop()
+        if id(code) in seen:
+            continue
+        seen.add(id(code))
+        for entry in torch._C._dynamo.eval_frame._debug_get_cache_entry_list(code):
+            for name in entry.code.co_names:
+                value = scope.get(name)
+                if name.startswith("__compiled_fn"):
+                    graph = _unwrap(value, CompiledGraph)
+                    # Code objects are shared by every instance of a class: a graph traced from
+                    # another instance is not this model's.
+                    if graph is not None and _same_origin(graph, original):
+                        found.setdefault(id(graph), graph)
+                elif name.startswith("__resume_at") and hasattr(value, "__code__"):
+                    todo.append((value.__code__, value.__globals__))
+    return sorted(found.values(), key=lambda g: g.report.index if g.report else 0)
+
+
+def _same_origin(graph: Any, module: Any) -> bool:
+    traced = graph.origin() if graph.origin is not None else None
+    return traced is None or traced is module
+
+
+def _unwrap(value: Any, cls: type) -> Any:
+    for _ in range(8):
+        if isinstance(value, cls) or value is None:
+            return value
+        value = getattr(value, "__wrapped__", None)
+    return None
 
 
 def explain(
@@ -158,30 +302,69 @@ def explain(
     options: Mapping[str, Any] | None = None,
     mode: str | None = None,
     print_report: bool = True,
+    tune: bool = False,
 ) -> CoverageReport:
-    """Compile ``model`` with the reasoning backend, run it once, and report coverage.
-
-    The model runs under ``torch.no_grad()`` (the serving setting) so each partition makes its
-    TVM-or-PyTorch choice on real data. The report lists graphs, partitions, the fraction of ATen
-    ops lowered to and executed on TVM, and every fallback op with its count and reason.
+    """Report what runs where and why (see the module docstring for the two modes).
 
     Args:
-        model: A module or function.
-        *example_inputs: Inputs to call it with.
-        options: Backend options, as for ``torch.compile(..., options=...)``.
-        mode: As ``torch.compile``'s ``mode=``.
+        model: A ``torch.compile(..., backend="reasoning")`` result (decisions in force), or a
+            module or function (a fresh analysis).
+        *example_inputs: Inputs to call it with (needed for a fresh analysis; for a compiled
+            model, it is called once with them first).
+        options: Backend options for a fresh analysis, as for ``torch.compile(..., options=...)``.
+        mode: As ``torch.compile``'s ``mode=`` (fresh analysis).
         print_report: Pretty-print the report as well as returning it.
+        tune: Let a fresh analysis tune (with the options' ``trials``); off by default, so that
+            explaining a model never spends a tuning budget by surprise.
+
+    Raises:
+        TorchRCError: A compiled model that has compiled nothing yet and no inputs to call it
+            with, or one compiled by another backend.
     """
-    from torch_rc.backends.dynamo import reporting_backend
-
-    # explain() analyses afresh: cached decisions would hide what lowers and what is faster.
-    resolved = Options.resolve(options, mode).replace(cache=False)
-    sink: list[GraphReport] = []
-
-    compiled = torch.compile(model, backend=reporting_backend(resolved, sink))
-    with torch.no_grad():
-        compiled(*example_inputs)
-    report = CoverageReport(graphs=sink)
+    if _is_compiled(model):
+        if options or mode or tune:
+            raise TorchRCError(
+                "explain(compiled_model) reports the decisions in force; options, mode and tune "
+                "apply to a fresh analysis of the uncompiled model"
+            )
+        report = _explain_compiled(model, example_inputs)
+    else:
+        report = _fresh_analysis(model, example_inputs, options, mode, tune)
     if print_report:
         report.print()
     return report
+
+
+def _explain_compiled(model: Any, example_inputs: tuple[Any, ...]) -> CoverageReport:
+    if example_inputs:
+        with torch.no_grad():
+            model(*example_inputs)
+    graphs = compiled_graphs(model)
+    if not graphs:
+        raise TorchRCError(
+            "this compiled model holds no torch_rc graph yet: call it once (or pass example "
+            "inputs to explain), and check it was compiled with backend='reasoning'"
+        )
+    return CoverageReport([g.report for g in graphs], "compiled model", graphs)
+
+
+def _fresh_analysis(
+    model: Callable[..., Any],
+    example_inputs: tuple[Any, ...],
+    options: Mapping[str, Any] | None,
+    mode: str | None,
+    tune: bool,
+) -> CoverageReport:
+    from torch_rc.backends.dynamo import reporting_backend
+
+    given = dict(options or {})
+    if not tune:
+        given = {k: v for k, v in given.items() if k not in TUNING_OPTIONS or k == "progress"}
+    resolved = Options.resolve(given, mode)
+    if not tune:
+        resolved = resolved.replace(trials=0)
+    sink: list[GraphReport] = []
+    compiled = torch.compile(model, backend=reporting_backend(resolved, sink, use_artifacts=False))
+    with torch.no_grad():
+        compiled(*example_inputs)
+    return CoverageReport(graphs=sink, mode="fresh analysis")

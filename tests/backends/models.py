@@ -160,3 +160,67 @@ def t5_encoder():
 
 SMALL_MODELS = [mlp, cnn_bn, residual, depthwise, encoder_layer]
 TRANSFORMERS = [gpt2, bert, llama, vit, t5_encoder]
+
+
+class DecodeStep(nn.Module):
+    """One decoding step of a Llama-style decoder: RMSNorm, rotary-free grouped attention over a
+    KV cache given as inputs (not mutated), a SwiGLU MLP, and the LM head. Hidden 1024, MLP 2816,
+    16 heads of 64, 2 layers, vocabulary 8192, cache length 128: the GEMVs (one token) and small
+    GEMMs (a batch of sequences) of LLM serving."""
+
+    def __init__(self, hidden=1024, mlp=2816, heads=16, layers=2, vocab=8192):
+        super().__init__()
+        self.heads, self.dim = heads, hidden // heads
+        self.embed = nn.Embedding(vocab, hidden)
+        self.layers = nn.ModuleList()
+        for _ in range(layers):
+            self.layers.append(
+                nn.ModuleDict(
+                    {
+                        "norm1": nn.RMSNorm(hidden),
+                        "qkv": nn.Linear(hidden, 3 * hidden, bias=False),
+                        "out": nn.Linear(hidden, hidden, bias=False),
+                        "norm2": nn.RMSNorm(hidden),
+                        "gate_up": nn.Linear(hidden, 2 * mlp, bias=False),
+                        "down": nn.Linear(mlp, hidden, bias=False),
+                    }
+                )
+            )
+        self.norm = nn.RMSNorm(hidden)
+        self.head = nn.Linear(hidden, vocab, bias=False)
+
+    def forward(self, tokens, caches):
+        x = self.embed(tokens)  # (B, 1, H)
+        batch = x.shape[0]
+        for layer, (k_cache, v_cache) in zip(self.layers, caches, strict=True):
+            q, k, v = layer["qkv"](layer["norm1"](x)).chunk(3, dim=-1)
+            q, k, v = (t.view(batch, 1, self.heads, self.dim).transpose(1, 2) for t in (q, k, v))
+            keys = torch.cat([k_cache, k], dim=2)
+            values = torch.cat([v_cache, v], dim=2)
+            attn = torch.nn.functional.scaled_dot_product_attention(q, keys, values)
+            x = x + layer["out"](attn.transpose(1, 2).reshape(batch, 1, -1))
+            gate, up = layer["gate_up"](layer["norm2"](x)).chunk(2, dim=-1)
+            x = x + layer["down"](torch.nn.functional.silu(gate) * up)
+        return self.head(self.norm(x))
+
+
+def _decode(batch: int, cache: int = 128):
+    torch.manual_seed(0)
+    model = DecodeStep().eval()
+    caches = [
+        (torch.randn(batch, 16, cache, 64), torch.randn(batch, 16, cache, 64))
+        for _ in model.layers
+    ]
+    return model, (torch.randint(0, 8192, (batch, 1)), caches)
+
+
+def llama_decode_b1():
+    return _decode(1)
+
+
+def llama_decode_b8():
+    return _decode(8)
+
+
+# Heavier serving shapes, for benchmarks (not run by the test suite).
+DECODERS = [llama_decode_b1, llama_decode_b8]

@@ -18,6 +18,7 @@ from torch_rc.backends.compiler import GraphReport, compile_aten_graph, static_i
 from torch_rc.backends.decisions import Decision, Machine, decisions_from_json
 from torch_rc.backends.decompositions import decomposition_table
 from torch_rc.backends.gate import GraphGate
+from torch_rc.backends.select import Counted
 from torch_rc.backends.specialize import SpecializingGraph, has_symbolic_shapes
 from torch_rc.backends.target import detect_target, graph_device, target_key
 from torch_rc.cache.artifacts import CompiledGraph, KernelBlob, options_dict, stored_kernels
@@ -58,12 +59,19 @@ def reasoning(
     return compiled
 
 
-def reporting_backend(options: Options, sink: list[GraphReport]) -> Callable[..., Any]:
+def reporting_backend(
+    options: Options, sink: list[GraphReport], *, use_artifacts: bool = True
+) -> Callable[..., Any]:
     """A Dynamo backend compiling with ``options`` that appends every GraphReport to ``sink``
-    (what ``explain``, ``tune`` and serving use to see what each compile did)."""
+    (what ``explain``, ``tune`` and serving use to see what each compile did).
+
+    Args:
+        use_artifacts: Load and store compiled graphs and their decisions in the cache. Off for
+            a fresh analysis (tuned records in the cache are still used).
+    """
 
     def backend(gm: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
-        return compile_graph(gm, example_inputs, options, sink)[0]
+        return compile_graph(gm, example_inputs, options, sink, use_cache=use_artifacts)[0]
 
     return backend
 
@@ -102,6 +110,7 @@ def compile_graph(
         gm, example, options, report_sink, compiled, prebuilt, decisions_from_json(decisions)
     )
     compiled.fn, compiled.report = fn, report
+    compiled.set_origin(*traced_origin())
     return compiled, report
 
 
@@ -143,10 +152,72 @@ def _compile_cached(
         compiled, report = compile_graph(gm, example, options, report_sink, use_cache=False)
         if report.target.startswith("none"):
             return compiled, report  # nothing was built; the graph runs in PyTorch
-        store.put_artifact(details, compiled.to_bytes(), compiled.decisions())
+        about = {ABOUT: describe_graph(gm, example, report)}
+        store.put_artifact(details, compiled.to_bytes(), {**compiled.decisions(), **about})
         report.cache = "miss"
-        compiled.after_first_call = lambda c: _save_decisions(store, details, {}, c)
+        compiled.after_first_call = lambda c: _save_decisions(store, details, about, c)
     return compiled, report
+
+
+# The entry of an artifact's decision record that describes the graph (for ``cache ls``).
+ABOUT = "@about"
+
+
+def describe_graph(
+    gm: torch.fx.GraphModule, example: Sequence[object], report: GraphReport
+) -> dict[str, Any]:
+    """What a person needs to recognise a cached graph: the model (the module or function Dynamo
+    was tracing), the shapes of its activations, how many weights, the most frequent ATen ops."""
+    ops: dict[str, int] = {}
+    for part in report.partitions:
+        for op, count in part.ops.items():
+            ops[op] = ops.get(op, 0) + count
+    for fallback in report.fallbacks:
+        ops[fallback.op] = ops.get(fallback.op, 0) + 1
+    top = dict(sorted(ops.items(), key=lambda item: -item[1])[:6])
+    tensors = [v for v in example if isinstance(v, torch.Tensor)]
+    weights = [v for v in tensors if getattr(v, "_dynamo_static_input_type", None)]
+    inputs = [
+        f"{tuple(v.shape)} {str(v.dtype).replace('torch.', '')}"
+        for v in tensors
+        if not getattr(v, "_dynamo_static_input_type", None)
+    ]
+    return {
+        "model": _traced_name(),
+        "inputs": inputs,
+        "weights": len(weights),
+        "ops": top,
+        "total_ops": report.total_ops,
+        "partitions": len(report.partitions),
+    }
+
+
+def traced_origin() -> tuple[torch.nn.Module | None, Any]:
+    """The module Dynamo is tracing (its ``self`` or, for built-in modules, the ``fn`` it wraps)
+    and the code object of the traced frame; (None, None) outside a trace."""
+    try:
+        from torch._dynamo.symbolic_convert import InstructionTranslator
+
+        tx = InstructionTranslator.current_tx()
+        while tx is not None and getattr(tx, "parent", None) is not None:
+            tx = tx.parent
+        if tx is None:
+            return None, None
+        for name in ("self", "fn"):
+            value = tx.f_locals.get(name)
+            if isinstance(value, torch.nn.Module):
+                return value, tx.f_code
+        return None, tx.f_code
+    except Exception:  # Dynamo's tracer is private API: the origin helps reports, never results
+        return None, None
+
+
+def _traced_name() -> str:
+    """The class of the module Dynamo is tracing, or the traced function's name."""
+    module, code = traced_origin()
+    if module is not None:
+        return type(module).__name__
+    return str(getattr(code, "co_name", "?"))
 
 
 def machine_of(options: Options, example: Sequence[object]) -> Machine:
@@ -168,10 +239,13 @@ def _runs_eager(cached: Mapping[str, Any], options: Options, example: Sequence[o
 def _save_decisions(
     store: TuningStore, details: Any, before: Mapping[str, Any], compiled: CompiledGraph
 ) -> None:
-    """Store the decisions the first call made, when they differ from what was stored."""
+    """Store the decisions the first call made (keeping the graph's description), when they
+    differ from what was stored."""
     now = compiled.decisions()
-    if now and now != dict(before):
-        store.update_decisions(details, now)
+    stored = {k: v for k, v in before.items() if k != ABOUT}
+    if now and now != stored:
+        about = {ABOUT: before[ABOUT]} if ABOUT in before else {}
+        store.update_decisions(details, {**now, **about})
 
 
 def _compile(
@@ -217,7 +291,7 @@ def _compile(
         report.choice, report.decision = "eager", graph_decision
         report.choice_reason = f"cached decision from an earlier run: {graph_decision.reason}"
         _sink(report_sink, report)
-        return gm.forward, report
+        return Counted(gm.forward, "eager"), report
     target = detect_target(options, device)
     set_thread_cap(options.num_threads)
     report = GraphReport(index=index, target=target.description)
@@ -274,7 +348,7 @@ def _compile(
         reason = f"option select={options.select!r}"
         report.choice, report.choice_reason = "compiled", reason
         report.decision = Decision("compiled", "fixed", reason)
-        return compiled, report
+        return Counted(compiled, "compiled"), report
     # A graph that needs autograd applies input mutations outside the ATen graph (in AOTAutograd's
     # epilogue), where the side-effect check cannot see them: never re-run it for timing.
     needs_grad = torch.is_grad_enabled() and any(

@@ -44,8 +44,8 @@ class GraphGate:
         preset: Decision | None = None,
     ) -> None:
         """``preset`` is an earlier run's decision, from the cache."""
-        self.compiled_side = Counted(compiled)
-        self.eager_side = Counted(eager)
+        self.compiled_side = Counted(compiled, "compiled")
+        self.eager_side = Counted(eager, "eager")
         self.report = report
         self.options = options
         self.machine = machine
@@ -67,7 +67,23 @@ class GraphGate:
             return result
         if self.report.executed_ops == 0:
             reason = "no partition runs on TVM; the original graph skips decomposition overhead"
-            self._choose(Decision("eager", "fixed", reason))
+            timed = any(
+                p.decision is not None and p.decision.state != "fixed"
+                for p in self.report.partitions
+            )
+            # Follows the partitions' choices: as valid as they are (timed ones hold here only).
+            decision = (
+                Decision(
+                    "eager",
+                    "final",
+                    reason,
+                    target=self.machine.target,
+                    threads=self.machine.threads,
+                )
+                if timed
+                else Decision("eager", "fixed", reason)
+            )
+            self._choose(decision)
             return result
         preset = self.preset
         if preset is not None and preset.choice == "compiled" and preset.valid_on(self.machine):

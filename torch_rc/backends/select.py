@@ -67,13 +67,15 @@ def _calls(kernel: Any) -> int:
 
 
 class Counted:
-    """A callable that counts its calls (the PyTorch side of a partition or graph)."""
+    """A callable that counts its calls; ``side`` names what it runs (``eager``, ``compiled``,
+    ``torch``)."""
 
-    __slots__ = ("fn", "calls")
+    __slots__ = ("fn", "calls", "side")
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], side: str = "") -> None:
         self.fn = fn
         self.calls = 0
+        self.side = side
 
     def __call__(self, *args: Any) -> Any:
         self.calls += 1
@@ -133,7 +135,7 @@ class SelectingPartition(torch.nn.Module):
         self.machine = machine
         self.preset = preset
         self.weights = frozenset(weights)
-        self.torch_side = Counted(eager)
+        self.torch_side = Counted(eager, "torch")
         self._parent: torch.nn.Module | None = None
         self._attr = ""
         self._dispatch = FirstCallDispatch()
@@ -155,6 +157,10 @@ class SelectingPartition(torch.nn.Module):
             "tvm": _calls(self.kernel) - self._counted_from["tvm"],
             "torch": self.torch_side.calls - self._counted_from["torch"],
         }
+
+    def restart_counters(self) -> None:
+        """Count calls from now on (after the graph's first call, its timing runs included)."""
+        self._counted_from = {"tvm": _calls(self.kernel), "torch": self.torch_side.calls}
 
     def forward(self, *args: Any) -> Any:
         return self._dispatch.dispatch(args, self._first_call)
@@ -215,15 +221,17 @@ class SelectingPartition(torch.nn.Module):
         if not match.ok:
             return f"TVM result differs from PyTorch: {match.problem}"
         worst = match.max_abs_error
-        for label, probe in probe_inputs(args, skip=self.weights):
+        for probe in probe_inputs(args, skip=self.weights):
             try:
-                want = self.eager(*probe)
+                want = self.eager(*probe.args)
             except Exception:  # PyTorch itself rejects this probe: nothing to compare with
                 continue
-            got = kernel(*probe)
-            match = compare_outputs(want, got, rtol=rtol, atol=atol, label=label)
+            got = kernel(*probe.args)
+            match = compare_outputs(
+                want, got, rtol=rtol, atol=atol, label=probe.label, nonfinite=probe.nonfinite
+            )
             if not match.ok:
-                return f"TVM result differs from PyTorch on {label}: {match.problem}"
+                return f"TVM result differs from PyTorch on {probe.label}: {match.problem}"
             worst = max(worst, match.max_abs_error)
         self.report.max_abs_error = worst
         return ""

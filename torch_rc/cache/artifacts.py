@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pickle
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,9 @@ __all__ = ["CompiledGraph", "KernelBlob", "ARTIFACT_VERSION"]
 logger = logging.getLogger(__name__)
 
 ARTIFACT_VERSION = 2
+
+# Every CompiledGraph alive in this process (explain finds a compiled model's graphs here).
+LIVE_GRAPHS: weakref.WeakSet[CompiledGraph] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -101,14 +105,40 @@ class CompiledGraph(SerializableCallable):
         self.grad_enabled = torch.is_grad_enabled()
         # Called once after the first call, when every first-call decision has been made.
         self.after_first_call: Callable[[CompiledGraph], None] | None = None
+        self._first_call_pending = True
+        # What Dynamo was tracing (for explain): the module, weakly, and the frame's code.
+        self.origin: weakref.ref[torch.nn.Module] | None = None
+        self.origin_code: Any = None
+        LIVE_GRAPHS.add(self)
+
+    def set_origin(self, module: torch.nn.Module | None, code: Any) -> None:
+        self.origin = weakref.ref(module) if module is not None else None
+        self.origin_code = code
 
     def __call__(self, *args: Any) -> Any:
         result = self.fn(*args)
+        if self._first_call_pending:
+            self._finish_first_call()
+        return result
+
+    def _finish_first_call(self) -> None:
+        """After the first call every decision is made: partition counters start from here (the
+        whole-graph timing ran the partitions too), and the decisions are saved."""
+        self._first_call_pending = False
+        for partition in self.partitions.values():
+            partition.restart_counters()
         hook = self.after_first_call
         if hook is not None:
             self.after_first_call = None
             hook(self)
-        return result
+
+    def calls(self) -> dict[str, int]:
+        """How often each side of the graph ran since its first call chose (``compiled``,
+        ``eager``); empty when the graph runs unconditionally (symbolic shapes, no TVM target)."""
+        if self.gate is not None:
+            return self.gate.calls()
+        side = getattr(self.fn, "side", "")
+        return {side: self.fn.calls} if side else {}
 
     def decisions(self) -> dict[str, Any]:
         """First-call decisions made so far (JSON-ready): ``"graph"`` and one per partition."""

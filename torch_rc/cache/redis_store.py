@@ -241,14 +241,21 @@ class RedisStore:
             None,
         )
 
-    def update_decisions(self, details: KeyDetails, decisions: dict[str, str]) -> None:
-        name = self._k("art", details.key)
-        self._guarded(
-            "write",
-            lambda: (
-                self._db.exists(name) and self._db.hset(name, "decisions", json.dumps(decisions))
-            ),
-            None,
+    def update_decisions(self, details: KeyDetails, decisions: dict[str, Any]) -> None:
+        self.set_decisions(details.key, decisions)
+
+    def set_decisions(self, key: str, decisions: dict[str, Any]) -> bool:
+        """Replace the decision record of the artifact ``key``; True if it exists."""
+        name = self._k("art", key)
+        return bool(
+            self._guarded(
+                "write",
+                lambda: (
+                    self._db.exists(name)
+                    and self._db.hset(name, "decisions", json.dumps(decisions)) is not None
+                ),
+                False,
+            )
         )
 
     def artifacts(self) -> list[ArtifactEntry]:

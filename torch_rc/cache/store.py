@@ -340,17 +340,22 @@ class SQLiteStore:
 
         self._guarded("write", insert, None)
 
-    def update_decisions(self, details: KeyDetails, decisions: dict[str, str]) -> None:
+    def update_decisions(self, details: KeyDetails, decisions: dict[str, Any]) -> None:
         """Record the first-call decisions of an artifact stored before its first call."""
+        self.set_decisions(details.key, decisions)
 
-        def update() -> None:
+    def set_decisions(self, key: str, decisions: dict[str, Any]) -> bool:
+        """Replace the decision record of the artifact ``key``; True if it exists."""
+
+        def update() -> bool:
             with self._write() as conn:
-                conn.execute(
+                cursor = conn.execute(
                     "UPDATE artifacts SET decisions = ? WHERE key = ?",
-                    (json.dumps(decisions), details.key),
+                    (json.dumps(decisions), key),
                 )
+                return cursor.rowcount == 1
 
-        self._guarded("write", update, None)
+        return self._guarded("write", update, False)
 
     def _evict(self, conn: sqlite3.Connection) -> None:
         total = conn.execute("SELECT COALESCE(SUM(size), 0) FROM artifacts").fetchone()[0]

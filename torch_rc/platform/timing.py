@@ -14,13 +14,14 @@ was seen 8x slower: eager measured at 14-32 ms while the machine was busy, for a
   pairing cancels, so they are not what decides.)
 * keeps sampling until the interval decides or the time budget runs out.
 
-Interference only ever adds time, so the fastest run of each side is also compared: a
-candidate whose median win is not confirmed by the ratio of the two sides' fastest runs (the
-baseline was slowed on most rounds, not generally slower) is marked noisy.
+Interference only ever adds time. A candidate win therefore counts only when it is robust: the
+whole interval, the upper quartile of the per-round ratios (three rounds in four) and the ratio of
+the two sides' fastest runs all lie below ``1 - margin``. A median win that fails one of them (the
+baseline was slowed on many rounds, not generally slower) is marked noisy. Spread alone marks
+other verdicts noisy.
 
-The verdict is ``"candidate"`` only when the whole interval lies below ``1 - margin``, the fastest
-runs agree, and the timings are not noisy; ``"baseline"`` when the candidate is clearly not that much faster;
-otherwise ``"undecided"``. An undecided or noisy comparison is *provisional*: callers run the
+The verdict is ``"candidate"`` for a robust win; ``"baseline"`` when the candidate is clearly
+not that much faster; otherwise ``"undecided"``. An undecided or noisy comparison is *provisional*: callers run the
 baseline and do not treat the choice as final (see :mod:`torch_rc.backends.decisions`).
 
 CUDA work is asynchronous, so each timed call is bracketed by a synchronisation of the inputs'
@@ -67,7 +68,8 @@ class Comparison:
         spread: Relative interquartile range of the per-round ratios (the noise).
         rounds: Paired rounds timed.
         verdict: ``"candidate"``, ``"baseline"`` or ``"undecided"``.
-        noisy: ``spread`` exceeded :data:`NOISY_SPREAD`, or the fastest runs contradict a win.
+        noisy: A median win that is not robust, or another verdict taken with ``spread`` above
+            :data:`NOISY_SPREAD`.
         min_ratio: Fastest candidate run / fastest baseline run.
     """
 
@@ -187,21 +189,25 @@ def _summarise(base: list[float], cand: list[float], margin: float) -> Compariso
     low, high = median_interval(ratios)
     ratio = statistics.median(ratios)
     noise = spread(ratios)
-    noisy = noise > NOISY_SPREAD
     threshold = 1.0 - margin
     fastest = min(cand) / min(base) if min(base) > 0 else math.inf
-    if high < threshold and fastest >= threshold:
-        # The median says the candidate wins, the fastest runs say it does not: the baseline
-        # was slowed on most rounds (interference), not slower in general.
-        verdict, noisy = "undecided", True
+    upper_quartile = (
+        statistics.quantiles(ratios, n=4, method="inclusive")[2] if len(ratios) >= 4 else high
+    )
+    if high < threshold and upper_quartile < threshold and fastest < threshold:
+        # A robust win: the interval, three rounds in four and the fastest runs all agree, so
+        # however widely the ratios spread, the candidate is faster by the margin.
+        verdict, noisy = "candidate", False
     elif high < threshold:
-        verdict = "candidate"
+        # The median says the candidate wins, but a quarter of the rounds or the fastest runs say
+        # it does not: the baseline was slowed on many rounds (interference).
+        verdict, noisy = "undecided", True
     elif low >= threshold or ratio >= 1.0 + margin:
         # The candidate is not faster by the margin (its best plausible ratio misses it), or it
-        # is clearly slower.
-        verdict = "baseline"
+        # is clearly slower; on noisy timings that is not final either.
+        verdict, noisy = "baseline", noise > NOISY_SPREAD
     else:
-        verdict = "undecided"
+        verdict, noisy = "undecided", noise > NOISY_SPREAD
     return Comparison(
         baseline_ms=statistics.median(base) * 1e3,
         candidate_ms=statistics.median(cand) * 1e3,
