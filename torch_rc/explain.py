@@ -235,33 +235,22 @@ def _is_compiled(model: Any) -> bool:
 
 def compiled_graphs(compiled_model: Any) -> list[Any]:
     """The torch_rc :class:`~torch_rc.cache.artifacts.CompiledGraph` objects a ``torch.compile``
-    result holds, in the order Dynamo compiled them (graph breaks' resume functions included).
+    result runs now, in the order Dynamo compiled them (graph breaks' resume functions and
+    per-shape specialisations included), read from Dynamo's cache entries.
 
     Raises:
         TorchRCError: ``compiled_model`` is not the result of ``torch.compile``.
     """
-    from torch_rc.cache.artifacts import LIVE_GRAPHS, CompiledGraph
+    from torch_rc.cache.artifacts import CompiledGraph
 
     if not _is_compiled(compiled_model):
         raise TorchRCError(
             f"{type(compiled_model).__name__} is not a torch.compile result; call explain(model, "
             "*example_inputs) for a fresh analysis of an uncompiled model"
         )
-    original = getattr(compiled_model, "_orig_mod", None)
-    function = (
-        original.forward if original is not None else compiled_model._torchdynamo_orig_callable
-    )
-    function = getattr(function, "__func__", function)
+    module = getattr(compiled_model, "_orig_mod", None)
+    function = _traced_function(compiled_model)
     found: dict[int, CompiledGraph] = {}
-    # Graphs whose traced frame was this module (its forward, or the wrapper Dynamo puts around
-    # built-in modules) or this function.
-    for graph in list(LIVE_GRAPHS):
-        module = graph.origin() if graph.origin is not None else None
-        if (original is not None and module is original) or (
-            original is None and graph.origin_code is getattr(function, "__code__", None)
-        ):
-            found.setdefault(id(graph), graph)
-    # And those of its graph breaks' resume functions, through Dynamo's cache entries.
     seen: set[int] = set()
     todo = [(function.__code__, function.__globals__)] if hasattr(function, "__code__") else []
     while todo:
@@ -274,13 +263,34 @@ def compiled_graphs(compiled_model: Any) -> list[Any]:
                 value = scope.get(name)
                 if name.startswith("__compiled_fn"):
                     graph = _unwrap(value, CompiledGraph)
-                    # Code objects are shared by every instance of a class: a graph traced from
-                    # another instance is not this model's.
-                    if graph is not None and _same_origin(graph, original):
+                    # Code objects are shared (by every instance of a class, and by the frame
+                    # Dynamo wraps built-in modules in): keep this model's graphs only.
+                    if graph is not None and _same_origin(graph, module):
                         found.setdefault(id(graph), graph)
                 elif name.startswith("__resume_at") and hasattr(value, "__code__"):
                     todo.append((value.__code__, value.__globals__))
-    return sorted(found.values(), key=lambda g: g.report.index if g.report else 0)
+    graphs = []
+    for graph in found.values():
+        specialised = getattr(graph.fn, "compiled", None)  # a SpecializingGraph: its builds
+        if isinstance(specialised, dict):
+            graphs += [g for g in specialised.values() if isinstance(g, CompiledGraph)]
+        else:
+            graphs.append(graph)
+    unique = {id(g): g for g in graphs}
+    return sorted(unique.values(), key=lambda g: g.report.index if g.report else 0)
+
+
+def _traced_function(compiled_model: Any) -> Any:
+    """The function whose frame Dynamo compiles for a ``torch.compile`` result: a module's
+    ``forward``, the wrapper Dynamo puts around built-in modules, or the compiled function."""
+    wrapper = compiled_model
+    if hasattr(compiled_model, "_orig_mod"):
+        wrapper = getattr(compiled_model, "_forward", None) or compiled_model.forward
+    original = getattr(wrapper, "_torchdynamo_orig_callable", wrapper)
+    owner = getattr(original, "__self__", None)
+    if isinstance(owner, torch.nn.Module):  # module.__call__: Dynamo starts in its forward
+        original = type(owner).forward
+    return getattr(original, "__func__", original)
 
 
 def _same_origin(graph: Any, module: Any) -> bool:

@@ -208,8 +208,7 @@ def _decode(batch: int, cache: int = 128):
     torch.manual_seed(0)
     model = DecodeStep().eval()
     caches = [
-        (torch.randn(batch, 16, cache, 64), torch.randn(batch, 16, cache, 64))
-        for _ in model.layers
+        (torch.randn(batch, 16, cache, 64), torch.randn(batch, 16, cache, 64)) for _ in model.layers
     ]
     return model, (torch.randint(0, 8192, (batch, 1)), caches)
 

@@ -262,9 +262,12 @@ def _compile(
 
     index = next(_graph_counter)
     if has_symbolic_shapes(example_inputs):
+        origin = traced_origin()
 
         def compile_static(graph: torch.fx.GraphModule, args: list[object]) -> Callable[..., Any]:
-            return compile_graph(graph, args, options, report_sink)[0]
+            specialised = compile_graph(graph, args, options, report_sink)[0]
+            specialised.set_origin(*origin)  # compiled at call time, outside Dynamo's trace
+            return specialised
 
         report = GraphReport(
             index=index, target="symbolic shapes: specialised per input signature at call time"

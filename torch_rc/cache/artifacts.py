@@ -30,9 +30,6 @@ logger = logging.getLogger(__name__)
 
 ARTIFACT_VERSION = 2
 
-# Every CompiledGraph alive in this process (explain finds a compiled model's graphs here).
-LIVE_GRAPHS: weakref.WeakSet[CompiledGraph] = weakref.WeakSet()
-
 
 @dataclass(frozen=True)
 class KernelBlob:
@@ -109,7 +106,6 @@ class CompiledGraph(SerializableCallable):
         # What Dynamo was tracing (for explain): the module, weakly, and the frame's code.
         self.origin: weakref.ref[torch.nn.Module] | None = None
         self.origin_code: Any = None
-        LIVE_GRAPHS.add(self)
 
     def set_origin(self, module: torch.nn.Module | None, code: Any) -> None:
         self.origin = weakref.ref(module) if module is not None else None

@@ -149,7 +149,7 @@ def compare(
     *,
     margin: float = 0.05,
     min_rounds: int = 8,
-    max_rounds: int = 60,
+    max_rounds: int = 400,
     budget_s: float = 1.0,
     warmup: int = 2,
 ) -> Comparison:
