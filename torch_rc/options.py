@@ -22,6 +22,7 @@ __all__ = ["Options", "MODE_PRESETS", "ENV_PREFIX", "TUNING_OPTIONS", "SECRET_OP
 ENV_PREFIX = "TORCH_RC_"
 
 Select = Literal["measure", "tvm", "torch"]
+Library = Literal["measure", "never", "always"]
 Schedule = Literal["default", "none"]
 Tune = Literal["auto", "never"]
 TuneMethod = Literal["mcts", "evolutionary"]
@@ -76,6 +77,10 @@ class Options:
         measure_budget_s: Seconds one first-call comparison may spend timing.
         select_margin: TVM (or the compiled graph) must be at least this much faster than
             PyTorch (0.05: 5%), on quiet timings, to be chosen.
+        library: Whether matrix products inside TVM programs may run as PyTorch's own kernels
+            (MKL/oneDNN), the ops around them staying fused in TVM: ``"measure"`` times each
+            large product both ways and takes the library where it wins; ``"never"``;
+            ``"always"`` (every candidate, for tests).
         cache: Use the persistent cache: a graph compiled before (same code, input specs, options,
             versions and target) loads its built kernels and first-call decisions instead of being
             rebuilt and re-measured.
@@ -122,6 +127,7 @@ class Options:
     measure_repeats: int = 10
     measure_budget_s: float = 1.0
     select_margin: float = 0.05
+    library: Library = "measure"
     cache: bool = True
     cache_dir: str = ""
     cache_url: str = ""
@@ -329,6 +335,7 @@ def _resolve_annotation(annotation: Any) -> Any:
         "tuple[str, ...]": "tuple",
         "str": str,
         "Select": get_args(Select),
+        "Library": get_args(Library),
         "Schedule": get_args(Schedule),
         "Tune": get_args(Tune),
         "TuneMethod": get_args(TuneMethod),

@@ -203,3 +203,32 @@ def test_bad_option_fails_compile_with_named_key():
     compiled = torch.compile(model, backend="reasoning", options={"selekt": "tvm"})
     with pytest.raises(Exception, match="did you mean 'select'"):
         compiled(torch.randn(2, 4))
+
+
+def test_weight_transforms_run_once_not_on_every_call():
+    # Counted in the VM: the weight transposes of the two linears run in main_transform_params
+    # once per weight version, never among the kernels of a call.
+    import tvm_ffi
+
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    compiled = torch.compile(model, backend="reasoning", options=STRICT_TVM)
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        compiled(x)
+    (graph,) = torch_rc.explain(compiled, print_report=False).compiled
+    (kernel,) = graph.kernels.values()
+    assert kernel.signature.weights  # the linears' weights and biases
+    calls = []
+    kernel._vm["set_instrument"](
+        tvm_ffi.convert(lambda func, name, before, ret, *args: calls.append(name) if before else 0)
+    )
+    with torch.no_grad():
+        with torch.no_grad():
+            model[0].weight.mul_(1.0)  # a new weight version: transforms run again, once
+        for _ in range(3):
+            assert_matches_eager(compiled, model, x)
+    kernels = [name for name in calls if not name.startswith("vm.builtin")]
+    transposes = [name for name in kernels if "transpose" in name]
+    assert transposes and len(transposes) == len(set(transposes))  # each one ran once
+    per_call = len(kernels) - len(transposes)
+    assert per_call % 3 == 0 and per_call > 0  # the same kernels on each of the 3 calls

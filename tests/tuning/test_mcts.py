@@ -154,3 +154,19 @@ def _nodes(root):
         out.append(node)
         stack.extend(node.children)
     return out
+
+
+def test_a_search_resumed_with_known_states_spends_samples_only_on_new_ones():
+    # Rounds of a task scheduler: the second search reuses the first one's measurements (its
+    # root among them, free); nothing is measured twice and each round spends exactly its budget.
+    known = {}
+    first, measured_1, _, _ = run(seed=3, budget=12, known=known)
+    assert len(known) == 12 == len(measured_1)
+    second, measured_2, _, model = run(seed=3, budget=12, known=known)
+    assert second.samples == 12 == len(measured_2)
+    assert not set(measured_1) & set(measured_2)  # the root and revisits came from `known`
+    assert len(known) == 24
+    again = {}
+    run(seed=3, budget=12, known=again)
+    run(seed=3, budget=12, known=again)
+    assert again == known  # deterministic per seed

@@ -85,3 +85,31 @@ def test_ctrl_c_keeps_the_best_found_so_far(space, monkeypatch):
     )
     assert result.interrupted and result.samples == 3
     assert result.best_measurement is not None and result.best_measurement.check.passed
+
+
+@pytest.mark.parametrize("method", ["mcts", "evolutionary"])
+def test_a_resumed_search_spends_exact_rounds_and_never_measures_a_state_twice(space, method):
+    from torch_rc.tuning.tuner import TaskSearch
+
+    def rounds(seed):
+        measurer = Measurer(space.target, repeats=1, min_repeat_ms=1)
+        hw = host_hardware()
+        search = TaskSearch(
+            space,
+            measurer,
+            method=method,
+            proposer=RuleProposer(space, hw),
+            hardware=hw,
+            seed=seed,
+        )
+        spent = [search.step(4), search.step(3), search.step(5)]
+        result = search.finish()
+        return spent, result, measurer
+
+    spent, result, measurer = rounds(0)
+    assert spent == [4, 3, 5] and result.samples == 12 == measurer.count
+    latencies = [latency for _, latency in result.curve]
+    assert latencies == sorted(latencies, reverse=True)  # a round never loses the best
+    if method == "mcts":
+        # Later rounds start from the best state so far: its path keeps growing from there.
+        assert result.steps and result.steps[-1].latency_s == result.best_latency_s

@@ -138,14 +138,19 @@ def compile_aten_graph(
     database = tuning_database(options, target)
     lowered: dict[str, Any] = {}
     weights = {name: _weight_positions(calls[name], static_nodes) for name in result.partitions}
-    if options.tuning and result.partitions:
-        for name in result.partitions:
-            if (
-                _skip_kernel(decisions.get(name), machine)
-                or name in (prebuilt or {})
-                or _device_mismatch(calls[name], target)
-            ):
-                continue
+    buildable = [
+        name
+        for name in result.partitions
+        if not (
+            _skip_kernel(decisions.get(name), machine)
+            or name in (prebuilt or {})
+            or _device_mismatch(calls[name], target)
+        )
+    ]
+    if options.tuning and buildable:
+        # Tune first, with every product in TVM: a tuned kernel may beat the library, which is
+        # decided afterwards against the tuned records.
+        for name in buildable:
             try:
                 lowered[name] = lower_partition(
                     getattr(parent, name), _input_values(calls[name]), weights[name]
@@ -169,9 +174,15 @@ def compile_aten_graph(
                 hardware=hardware,
             )
             report.tuning = run
+    library = {
+        name: _library_choices(getattr(parent, name), target, options, database)
+        for name in buildable
+    }
     for name in result.partitions:
         sub = getattr(parent, name)
         part = PartitionReport(name=name, num_ops=result.partition_ops[name], ops=_op_counts(sub))
+        nodes, choices = library.get(name, (set(), []))
+        part.library = [choice.reason for choice in choices]
         report.partitions.append(part)
         preset = decisions.get(name)
         kernel: TVMKernel | None = None
@@ -194,8 +205,9 @@ def compile_aten_graph(
                     options,
                     part,
                     database,
-                    lowered.get(name),
+                    None if nodes else lowered.get(name),  # re-lowered with its library calls
                     weights[name],
+                    (nodes, tuple(c.product.describe() for c in choices if c.library)),
                 )
         if kernel is not None and kernels is not None:
             kernels[name] = kernel
@@ -222,6 +234,19 @@ def compile_aten_graph(
     return parent
 
 
+def _library_choices(
+    sub: torch.fx.GraphModule, target: TargetInfo, options: Options, database: Any
+) -> tuple[set[str], list[Any]]:
+    """Which products of a partition run as PyTorch's kernels (timed on real tensors, outside
+    Dynamo's fake-tensor mode)."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    from torch_rc.backends.library import choose_library_nodes
+
+    with unset_fake_temporarily():
+        return choose_library_nodes(sub, target, options, database)
+
+
 def _weight_positions(call: torch.fx.Node, static_names: Collection[str]) -> tuple[int, ...]:
     """Positions of a partition's inputs that are weights of the model (graph inputs named in
     ``static_names``)."""
@@ -241,15 +266,18 @@ def _build_kernel(
     database: Any = None,
     lowered: Any = None,
     weights: tuple[int, ...] = (),
+    library: tuple[Collection[str], tuple[str, ...]] = ((), ()),
 ) -> TVMKernel | None:
+    nodes, products = library
     try:
-        lowered = lowered or lower_partition(sub, _input_values(call), weights)
+        lowered = lowered or lower_partition(sub, _input_values(call), weights, nodes)
         executable = build_executable(lowered.mod, target, options, database)
         signature = KernelSignature(
             tuple(lowered.inputs),
             tuple(lowered.outputs),
             lowered.single_output,
             lowered.weights,
+            products,
         )
         return TVMKernel.from_executable(executable, signature, part.name, target)
     except (LoweringError, BuildError) as exc:

@@ -9,6 +9,7 @@ import torch
 import torch.fx
 
 from torch_rc.backends.converters import install as install_extra_converters
+from torch_rc.backends.library import emit_library_call
 from torch_rc.errors import LoweringError
 from torch_rc.tvm_shim import tvm_api
 
@@ -38,7 +39,8 @@ class LoweredPartition:
     """A partition as a Relax module plus the calling convention of its ``main``.
 
     Attributes:
-        mod: IRModule whose ``main`` returns a tuple and takes the runtime inputs in order, then
+        mod: IRModule whose ``main`` returns a tuple (a bare tensor for one output) and takes
+            the runtime inputs in order, then
             the weights (``weights``, marked by ``main``'s ``num_input`` attribute, so that the
             build lifts weight-only work out of the per-call function).
         inputs: Specs of the inputs, in the partition's order.
@@ -55,7 +57,10 @@ class LoweredPartition:
 
 
 def lower_partition(
-    gm: torch.fx.GraphModule, input_values: Sequence[object], weights: Collection[int] = ()
+    gm: torch.fx.GraphModule,
+    input_values: Sequence[object],
+    weights: Collection[int] = (),
+    library: Collection[str] = (),
 ) -> LoweredPartition:
     """Convert ``gm`` (ATen ops only) into a Relax function.
 
@@ -64,6 +69,8 @@ def lower_partition(
         input_values: Example (usually fake) tensors for the placeholders, for shapes and dtypes.
         weights: Positions of inputs that are the model's parameters or buffers (the same tensors
             on every call): they go last, for the build to lift work on them out of the call.
+        library: Names of nodes whose product runs as PyTorch's kernel
+            (:mod:`torch_rc.backends.library`).
 
     Raises:
         LoweringError: an op converter failed or the partition has non-tensor inputs or outputs.
@@ -103,13 +110,16 @@ def lower_partition(
         with builder.function(name="main", params=params):
             with builder.dataflow():
                 for node in gm.graph.nodes:
-                    if node.op == "call_function":
+                    if node.op == "call_function" and node.name in library:
+                        importer.env[node] = emit_library_call(importer, node)
+                    elif node.op == "call_function":
                         importer.env[node] = importer.convert_map[_name(node.target)](node)
                     elif node.op == "get_attr":
                         constant = getattr(gm, str(node.target))
                         importer.env[node] = relax.const(constant.detach().cpu().numpy())
                 results = [importer.env[node] for node in out_nodes]
-                out = builder.emit_output(relax.Tuple(results))
+                # One output comes back as a bare tensor: no tuple for the caller to unpack.
+                out = builder.emit_output(results[0] if len(results) == 1 else relax.Tuple(results))
             builder.emit_func_output(out)
     except LoweringError:
         raise

@@ -44,12 +44,15 @@ class KernelSignature:
         weights: Positions (in ``inputs``) of the weights whose transforms were lifted out of the
             per-call function, in the order ``main_transform_params`` takes them; empty when
             nothing was lifted.
+        library: The products computed by PyTorch's kernels from inside the program (their
+            packed functions must be registered before it runs).
     """
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     single_output: bool
     weights: tuple[int, ...] = ()
+    library: tuple[str, ...] = ()
 
     @property
     def runtime(self) -> tuple[int, ...]:
@@ -83,6 +86,7 @@ class TVMKernel:
         self._transform = vm["main_transform_params"] if signature.weights else None
         self._runtime = signature.runtime
         self._weights = signature.weights
+        self._one_output = len(signature.outputs) == 1  # main returns the tensor itself
         self._seen: list[tuple[torch.Tensor, int]] = []  # weights the transforms were made from
         self._transformed: list[Any] = []
         self._use_stream: Any = None
@@ -109,6 +113,10 @@ class TVMKernel:
         from torch_rc.tvm_shim import load_cpu_vm, tvm_api
 
         gpu = target if target is not None and target.kind == "cuda" else None
+        if signature.library:
+            from torch_rc.backends.library import register_library_kernels
+
+            register_library_kernels()
         with tempfile.TemporaryDirectory(prefix="torch_rc_") as tmp:
             path = os.path.join(tmp, "kernel.so")
             with open(path, "wb") as handle:
@@ -197,10 +205,11 @@ class TVMKernel:
         except Exception:
             self.check_inputs(args)  # a clear InputMismatchError when the inputs are the cause
             raise
-        if self.device.type == "cpu":
-            outputs = tuple(_cpu_tensor(value) for value in result)
-        else:
-            outputs = tuple(_to_torch(value) for value in result)
+        convert = _cpu_tensor if self.device.type == "cpu" else _to_torch
+        if self._one_output:
+            out = convert(result)
+            return out if self.signature.single_output else (out,)
+        outputs = tuple(convert(value) for value in result)
         return outputs[0] if self.signature.single_output else outputs
 
 

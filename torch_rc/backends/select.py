@@ -49,6 +49,8 @@ class PartitionReport:
         torch_ms: Median PyTorch time on the first call, when measured.
         max_abs_error: Largest difference between TVM and PyTorch in the verification.
         decision: The full decision (state, numbers, machine), once made.
+        library: Per large matrix product: whether it runs as PyTorch's kernel inside the TVM
+            program, and the timing that decided it.
     """
 
     name: str
@@ -60,6 +62,7 @@ class PartitionReport:
     torch_ms: float | None = None
     max_abs_error: float | None = None
     decision: Decision | None = None
+    library: list[str] = field(default_factory=list)
 
 
 def _calls(kernel: Any) -> int:

@@ -30,6 +30,7 @@ devices (the times are the work, not the launch).
 
 from __future__ import annotations
 
+import gc
 import math
 import statistics
 import time
@@ -160,14 +161,44 @@ def compare(
         min_rounds: Paired rounds before a verdict may be taken.
         max_rounds: Paired rounds at most.
         budget_s: Wall time after which sampling stops (after at least 3 rounds).
-        warmup: Untimed calls of each side first.
+        warmup: Untimed calls of each side first, at least (more while a tenth of the budget,
+            at most 50 ms, has not passed).
     """
     timed = _timer(args)
-    for _ in range(warmup):
+    # Warm both sides up: at least ``warmup`` calls, and up to a tenth of the budget (at most
+    # 50 ms, 100 calls) so that caches, branch predictors and sleeping threads settle.
+    settle = min(0.05, budget_s / 10)
+    start, calls = time.monotonic(), 0
+    while calls < warmup or (time.monotonic() - start < settle and calls < 100):
         baseline(*args)
         candidate(*args)
+        calls += 1
     base: list[float] = []
     cand: list[float] = []
+    # A first call follows a compile that left garbage behind: collect it now and keep the
+    # collector out of the timed rounds (as timeit does), or its pauses land on random rounds.
+    gc.collect()
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        _rounds(timed, baseline, candidate, base, cand, margin, min_rounds, max_rounds, budget_s)
+    finally:
+        if collecting:
+            gc.enable()
+    return _summarise(base, cand, margin)
+
+
+def _rounds(
+    timed: Callable[[Callable[..., Any]], float],
+    baseline: Callable[..., Any],
+    candidate: Callable[..., Any],
+    base: list[float],
+    cand: list[float],
+    margin: float,
+    min_rounds: int,
+    max_rounds: int,
+    budget_s: float,
+) -> None:
     deadline = time.monotonic() + budget_s
     for round_index in range(max_rounds):
         if round_index % 2 == 0:
@@ -181,7 +212,6 @@ def compare(
             break
         if rounds >= 3 and time.monotonic() > deadline:
             break
-    return _summarise(base, cand, margin)
 
 
 def _summarise(base: list[float], cand: list[float], margin: float) -> Comparison:

@@ -144,6 +144,7 @@ def search(
     max_expansions: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     select: Callable[[list[Node[S]], int], Node[S]] | None = None,
+    known: dict[S, float | None] | None = None,
 ) -> SearchResult[S]:
     """Search for a fast state, spending at most ``budget`` real measurements.
 
@@ -166,7 +167,10 @@ def search(
         should_stop: Polled every round; True ends the search early (a wall-clock limit).
         select: Tree policy choosing among open children (default UCT with ``exploration``);
             a model pool passes a model-aware one.
+        known: Latencies of states measured before (a resumed search): reused without spending
+            a sample, and filled with this search's measurements.
     """
+    known = known if known is not None else {}
     root: Node[S] = Node(root_state)
     seen: dict[S, Node[S]] = {root_state: root}
     curve: list[tuple[int, float]] = []
@@ -185,11 +189,15 @@ def search(
             _backpropagate(node, delta, visits=0)
 
     def record(node: Node[S]) -> None:
-        latency = measure(node.state)
-        samples[0] += 1
+        if node.state in known:
+            latency = known[node.state]  # measured in an earlier round: no sample spent
+        else:
+            latency = measure(node.state)
+            samples[0] += 1
+            known[node.state] = latency
+            cost_model.update([node.state], [latency])
         node.measured = True
         node.latency = latency
-        cost_model.update([node.state], [latency])
         if latency is None or not math.isfinite(latency) or latency <= 0:
             node.failed = True
             set_reward(node, 0.0)

@@ -26,17 +26,17 @@ from torch_rc.cache.keys import workload_key
 from torch_rc.options import Options
 from torch_rc.tuning.hardware import AnyHardware, host_hardware
 from torch_rc.tuning.measure import Measurer
+from torch_rc.tuning.progress import TuningDisplay
 from torch_rc.tuning.rules import RuleProposer
+from torch_rc.tuning.scheduler import Slot, TaskScheduler
 from torch_rc.tuning.space import DesignSpace
-from torch_rc.tuning.tuner import TuneResult, tune_workload
+from torch_rc.tuning.tuner import TaskSearch, TuneResult
 from torch_rc.tvm_shim import tvm_api
 
 __all__ = ["Task", "TuningRun", "extract_tasks", "tune_modules", "runs_dir"]
 
 logger = logging.getLogger(__name__)
 
-_MIN_SHARE = 0.02
-_MIN_TRIALS = 8
 _spent_s = 0.0  # tuning wall time spent in this process (for tune_total_s)
 
 
@@ -70,6 +70,7 @@ class TuningRun:
     seconds: float = 0.0
     log_path: str = ""
     hardware: str = ""
+    projected: dict[str, float] = field(default_factory=dict)  # kernel time per inference
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +81,7 @@ class TuningRun:
             "interrupted": self.interrupted,
             "seconds": round(self.seconds, 2),
             "hardware": self.hardware or host_hardware().describe(),
+            "projected": self.projected,
             "tasks": [
                 {
                     "name": t.name,
@@ -114,10 +116,14 @@ def runs_dir(options: Options) -> Path:
 
 
 def _legalized(mod: Any, target: Any) -> Any:
-    from torch_rc.backends.build import legalize_and_fuse_passes
+    """The fused kernels the build runs on every call (weight transforms, which run once per
+    weights, are lifted out and not tuned)."""
+    from torch_rc.backends.build import legalize_and_fuse_passes, per_call_module
 
     with target:
-        return tvm_api().tvm.transform.Sequential(legalize_and_fuse_passes(target))(mod)
+        return tvm_api().tvm.transform.Sequential(legalize_and_fuse_passes(target))(
+            per_call_module(mod)
+        )
 
 
 def extract_tasks(mods: list[Any], target: Any) -> list[Task]:
@@ -142,27 +148,6 @@ def extract_tasks(mods: list[Any], target: Any) -> list[Task]:
                 flops = 0.0
             tasks[key] = Task(str(extracted.task_name), key, tir, int(extracted.weight), flops)
     return list(tasks.values())
-
-
-def _allocate(tasks: list[Task], trials: int) -> None:
-    """Split ``trials`` over pending tasks by FLOPs x weight. Shares are of the whole module's
-    work (cached kernels included), so small kernels stay untuned when the big ones are cached."""
-    work = {t.key: t.flops * t.weight for t in tasks}
-    total = sum(work.values())
-    pending = [t for t in tasks if t.status == "pending"]
-    for task in pending:
-        if total <= 0 or work[task.key] / total < _MIN_SHARE:
-            task.status = "skipped"
-            task.error = f"under {_MIN_SHARE:.0%} of the work: default schedule"
-    eligible = [t for t in pending if t.status == "pending"]
-    share_total = sum(work[t.key] for t in eligible)
-    left = trials
-    for task in sorted(eligible, key=lambda t: work[t.key], reverse=True):
-        task.trials = min(left, max(_MIN_TRIALS, math.floor(trials * work[task.key] / share_total)))
-        left -= task.trials
-        if task.trials <= 0:
-            task.status = "skipped"
-            task.error = "no trials left in the budget"
 
 
 def _proposer(space: DesignSpace, options: Options, hardware: Any) -> Any:
@@ -264,61 +249,15 @@ def _tune_modules(
     for task in run.tasks:
         if database is not None and database.has_workload(task.mod):
             task.status = "cached"
-    _allocate(run.tasks, budget)
-    todo = [t for t in run.tasks if t.status == "pending"]
-    display = _Display(options.progress, todo)
+    pending = [t for t in run.tasks if t.status == "pending"]
     measurer = Measurer(target, repeats=5, min_repeat_ms=10, seed=options.tune_seed)
+    display = TuningDisplay(options.progress and bool(pending), budget)
     try:
         with display:
-            for task in todo:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    task.status = "skipped"
-                    task.error = "time limit reached"
-                    continue
-                display.start(task)
-                try:
-                    space = DesignSpace(task.mod, target, seed=1 + options.tune_seed)
-                    proposer = _proposer(space, options, hardware)
-                    result = tune_workload(
-                        space,
-                        measurer,
-                        method=options.tune_method,
-                        proposer=proposer,
-                        hardware=hardware,
-                        trials=task.trials,
-                        seed=options.tune_seed,
-                        time_limit_s=left if math.isfinite(left) else None,
-                        progress=lambda n, best, t=task, p=proposer: display.update(t, n, best, p),
-                        branching=options.tune_branching,
-                        context_depth=options.tune_context_depth,
-                    )
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:  # a kernel MetaSchedule cannot handle keeps its default
-                    task.status = "failed"
-                    task.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ''}"
-                    logger.warning("torch_rc: tuning %s failed: %s", task.name, task.error)
-                    continue
-                task.result = result
-                task.status = "interrupted" if result.interrupted else "tuned"
-                task.default_s = _default_latency(task.mod, measurer)
-                beats_default = task.default_s is None or (
-                    result.best_latency_s is not None and result.best_latency_s < task.default_s
-                )
-                if result.best_trace is not None and not beats_default:
-                    # Never slower than what the build would do anyway: keep the default schedule.
-                    task.status = "kept-default"
-                    task.error = (
-                        f"best tuned {result.best_latency_s * 1e3:.4f} ms >= default schedule "
-                        f"{task.default_s * 1e3:.4f} ms"
-                    )
-                elif result.best_trace is not None and database is not None:
-                    _promote(database, task, result, target, run.proposer)
-                display.finish(task)
-                if result.interrupted and time.monotonic() < deadline:
-                    run.interrupted = True  # Ctrl-C, not the time limit: stop tuning
-                    break
+            profiled = _profile(pending, measurer, display, deadline)
+            _schedule(run, profiled, budget, deadline, options, hardware, measurer, display)
+            for task in profiled:
+                _conclude(task, database, target, run.proposer)
     except KeyboardInterrupt:
         run.interrupted = True
     run.seconds = time.monotonic() - start
@@ -330,6 +269,124 @@ def _tune_modules(
         )
     run.log_path = _write_log(run, options)
     return run
+
+
+def _profile(
+    tasks: list[Task], measurer: Measurer, display: TuningDisplay, deadline: float
+) -> list[Task]:
+    """Each task's latency with the default schedule (its time per inference is weight x that):
+    what the scheduler spends the budget by. Tasks that cannot be measured keep their default."""
+    display.phase("profiling kernels", len(tasks))
+    profiled = []
+    for done, task in enumerate(tasks, start=1):
+        if time.monotonic() > deadline:
+            task.status, task.error = "skipped", "time limit reached"
+            continue
+        task.default_s = _default_latency(task.mod, measurer)
+        if task.default_s is None:
+            task.status, task.error = "skipped", "the default schedule could not be measured"
+        else:
+            profiled.append(task)
+        display.advance(done)
+    return profiled
+
+
+def _schedule(
+    run: TuningRun,
+    tasks: list[Task],
+    budget: int,
+    deadline: float,
+    options: Options,
+    hardware: AnyHardware,
+    measurer: Measurer,
+    display: TuningDisplay,
+) -> None:
+    """Hand the budget out in rounds, by :class:`TaskScheduler`, to resumable searches."""
+    slots = [Slot(float(t.weight), float(t.default_s or 0.0)) for t in tasks]
+    scheduler = TaskScheduler(slots)
+    for task, slot in zip(tasks, slots, strict=True):
+        if slot.done:
+            task.status, task.error = "skipped", "under 1% of the kernels' time: default schedule"
+    round_size = max(2, min(8, budget // 4))
+    searches: dict[int, TaskSearch] = {}
+    spent = 0
+    display.phase("tuning", budget, scheduler.projected_s())
+    while spent < budget and time.monotonic() < deadline:
+        index = scheduler.next_task()
+        if index is None:
+            break
+        task = tasks[index]
+        search = searches.get(index) or _start_search(task, options, hardware, measurer)
+        if search is None:
+            slots[index].done = True
+            continue
+        searches[index] = search
+        got = search.step(min(round_size, budget - spent), deadline)
+        spent += got
+        task.trials = search.samples
+        scheduler.record(index, search.best_latency_s, got)
+        display.round(task.name, spent, scheduler.projected_s(), search.best_latency_s)
+        if search.result.interrupted and time.monotonic() < deadline:
+            run.interrupted = True  # Ctrl-C, not the time limit: stop tuning
+            break
+    for index, search in searches.items():
+        tasks[index].result = search.finish()
+    why = (
+        "gains flattened"
+        if scheduler.flattened()
+        else "time limit reached"
+        if time.monotonic() >= deadline
+        else "budget spent elsewhere"
+    )
+    for index, task in enumerate(tasks):
+        if index not in searches and task.status == "pending":
+            task.status, task.error = "skipped", f"{why}: default schedule"
+    run.projected = {"default_s": scheduler.projections[0], "tuned_s": scheduler.projected_s()}
+
+
+def _start_search(
+    task: Task, options: Options, hardware: AnyHardware, measurer: Measurer
+) -> TaskSearch | None:
+    try:
+        space = DesignSpace(task.mod, measurer.target, seed=1 + options.tune_seed)
+        return TaskSearch(
+            space,
+            measurer,
+            method=options.tune_method,
+            proposer=_proposer(space, options, hardware),
+            hardware=hardware,
+            seed=options.tune_seed,
+            branching=options.tune_branching,
+            context_depth=options.tune_context_depth,
+        )
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # a kernel MetaSchedule cannot handle keeps its default
+        task.status = "failed"
+        message = str(exc).strip()
+        task.error = f"{type(exc).__name__}: {message.splitlines()[-1][:200] if message else ''}"
+        logger.warning("torch_rc: tuning %s failed: %s", task.name, task.error)
+        return None
+
+
+def _conclude(task: Task, database: Any, target: Any, proposer: str) -> None:
+    """Keep a tuned schedule only if it is verified and beats the default; store it."""
+    result = task.result
+    if result is None:
+        return
+    task.status = "interrupted" if result.interrupted else "tuned"
+    beats_default = task.default_s is None or (
+        result.best_latency_s is not None and result.best_latency_s < task.default_s
+    )
+    if result.best_trace is not None and not beats_default:
+        # Never slower than what the build would do anyway: keep the default schedule.
+        task.status = "kept-default"
+        task.error = (
+            f"best tuned {result.best_latency_s * 1e3:.4f} ms >= default schedule "
+            f"{task.default_s * 1e3:.4f} ms"
+        )
+    elif result.best_trace is not None and database is not None:
+        _promote(database, task, result, target, proposer)
 
 
 def _default_latency(mod: Any, measurer: Measurer) -> float | None:
@@ -391,65 +448,3 @@ def _write_log(run: TuningRun, options: Options) -> str:
     except OSError as exc:  # a read-only cache dir: the tuned records are what matter
         logger.warning("torch_rc: could not write the tuning log: %s", exc)
         return ""
-
-
-class _Display:
-    """A rich progress display: kernels, trials, best latency, LLM calls and tokens."""
-
-    def __init__(self, enabled: bool, tasks: list[Task]) -> None:
-        self.enabled = enabled and bool(tasks)
-        self.tasks = tasks
-        self.progress: Any = None
-        self.ids: dict[str, Any] = {}
-
-    def __enter__(self) -> _Display:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            self.progress = Progress(
-                TextColumn("[bold]tuning[/] {task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-            )
-            self.progress.__enter__()
-            for index, task in enumerate(self.tasks, start=1):
-                self.ids[task.key] = self.progress.add_task(
-                    f"{index}/{len(self.tasks)} {task.name}",
-                    total=task.trials,
-                    info="waiting",
-                    start=False,
-                )
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
-
-    def start(self, task: Task) -> None:
-        if self.progress is not None:
-            self.progress.start_task(self.ids[task.key])
-
-    def update(self, task: Task, samples: int, best: float | None, proposer: Any) -> None:
-        if self.progress is None:
-            return
-        info = f"best {best * 1e3:.4f} ms" if best is not None else "no valid schedule yet"
-        stats = proposer.stats() if hasattr(proposer, "stats") else {}
-        if "calls" in stats:
-            info += f" | LLM calls {stats['calls']}, tokens {stats['prompt_tokens'] + stats['completion_tokens']}, fallback {stats['fallback_rate']:.0%}"
-        else:
-            info += f" | {getattr(proposer, 'label', 'metaschedule')}"
-        self.progress.update(self.ids[task.key], completed=samples, info=info)
-
-    def finish(self, task: Task) -> None:
-        if self.progress is not None and task.result is not None:
-            self.progress.update(self.ids[task.key], completed=task.trials)

@@ -24,7 +24,7 @@ from torch_rc.tuning.measure import Measurement, Measurer
 from torch_rc.tuning.space import DesignSpace, ScheduleState
 from torch_rc.tvm_shim import tvm_api
 
-__all__ = ["Step", "TuneResult", "tune_workload", "METHODS"]
+__all__ = ["METHODS", "Step", "TaskSearch", "TuneResult", "tune_workload"]
 
 METHODS = ("mcts", "evolutionary")
 
@@ -138,97 +138,222 @@ def tune_workload(
     context_depth: int = 2,
     warmup: int = 8,
 ) -> TuneResult:
-    """Tune ``space``'s workload with ``trials`` real measurements.
+    """Tune ``space``'s workload with ``trials`` real measurements (one :class:`TaskSearch`
+    run to the end).
 
     Raises:
         ValueError: Unknown ``method``, or ``mcts`` without a proposer.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
-    label = getattr(proposer, "label", "metaschedule") if method == "mcts" else "metaschedule"
-    result = TuneResult(method, label)
-    deadline = time.monotonic() + time_limit_s if time_limit_s else None
-    tracker = _Tracker(result, progress, deadline)
-    start = time.monotonic()
-    try:
-        if method == "mcts":
-            if proposer is None or hardware is None:
-                raise ValueError("method 'mcts' needs a proposer and the hardware description")
-            _run_mcts(
-                space,
-                measurer,
-                proposer,
-                hardware,
-                trials,
-                seed,
-                tracker,
-                branching,
-                exploration,
-                context_depth,
-                warmup,
-            )
-        else:
-            _run_evolutionary(space, measurer, trials, seed, tracker, warmup)
-    except KeyboardInterrupt:
-        result.interrupted = True
-    if tracker.out_of_time():
-        result.interrupted = True
-    result.seconds = time.monotonic() - start
-    if proposer is not None and hasattr(proposer, "stats"):
-        result.stats = {**dict(proposer.stats()), **result.stats}
-    return result
-
-
-def _run_mcts(
-    space: DesignSpace,
-    measurer: Measurer,
-    proposer: Any,
-    hardware: AnyHardware,
-    trials: int,
-    seed: int,
-    tracker: _Tracker,
-    branching: int,
-    exploration: float,
-    context_depth: int,
-    warmup: int,
-) -> None:
-    cost_model = XGBCostModel(space, hardware, warmup=warmup, seed=43 + seed)
-    for candidate in (proposer, getattr(proposer, "fallback", None)):
-        if candidate is not None and hasattr(candidate, "model"):
-            candidate.model = cost_model  # the rules rank their moves with it once it is trained
-
-    def measure(state: ScheduleState) -> float | None:
-        sch = space.schedule(state)
-        if sch is None:
-            measurer.count += 1
-            tracker.add(Measurement(None, error="illegal schedule"), None)
-            return None
-        measurement = measurer.measure(space.mod, sch.mod)
-        tracker.add(measurement, sch.trace)
-        return measurement.latency_s if measurement.ok else None
-
-    rng = random.Random(seed)
-    root = _pick_root(space, hardware, rng)
-    outcome = search(
-        root,
+    task = TaskSearch(
+        space,
+        measurer,
+        method=method,
         proposer=proposer,
-        cost_model=cost_model,
-        measure=measure,
-        budget=trials,
-        rng=rng,
-        exploration=exploration,
+        hardware=hardware,
+        seed=seed,
+        progress=progress,
         branching=branching,
+        exploration=exploration,
         context_depth=context_depth,
-        actions=space.actions,
-        should_stop=tracker.out_of_time,
-        select=getattr(proposer, "select", None),
+        warmup=warmup,
     )
-    tracker.result.stats["improvements_by_source"] = _count_sources(outcome.improvements)
-    if outcome.best is not None:
-        path = outcome.best.path()
-        tracker.result.steps = [
-            Step(node.action, node.source, node.rationale, node.latency) for node in path[1:]
-        ]
+    deadline = time.monotonic() + time_limit_s if time_limit_s else None
+    task.step(trials, deadline)
+    return task.finish()
+
+
+class TaskSearch:
+    """A search over one workload that can be resumed: the task scheduler of a tuning session
+    gives it rounds of samples (:meth:`step`) and reads its best so far in between.
+
+    MCTS rounds restart the tree from the best state found so far, keeping the cost model, the
+    measured states (never measured twice) and the random generator: an iterated search whose
+    statistics stay grounded in real measurements. The evolutionary baseline keeps
+    MetaSchedule's search strategy and continues it.
+
+    Raises:
+        ValueError: Unknown ``method``, or ``mcts`` without a proposer and hardware.
+    """
+
+    def __init__(
+        self,
+        space: DesignSpace,
+        measurer: Measurer,
+        *,
+        method: str = "mcts",
+        proposer: Any = None,
+        hardware: AnyHardware | None = None,
+        seed: int = 0,
+        progress: Progress | None = None,
+        branching: int = 2,
+        exploration: float = math.sqrt(2.0),
+        context_depth: int = 2,
+        warmup: int = 8,
+    ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+        if method == "mcts" and (proposer is None or hardware is None):
+            raise ValueError("method 'mcts' needs a proposer and the hardware description")
+        label = getattr(proposer, "label", "metaschedule") if method == "mcts" else "metaschedule"
+        self.result = TuneResult(method, label)
+        self.space, self.measurer, self.method = space, measurer, method
+        self.proposer, self.hardware, self.seed = proposer, hardware, seed
+        self.branching, self.exploration = branching, exploration
+        self.context_depth, self.warmup = context_depth, warmup
+        self.tracker = _Tracker(self.result, progress, None)
+        self.rng = random.Random(seed)
+        self._known: dict[ScheduleState, float | None] = {}
+        self._best_state: ScheduleState | None = None
+        self._cost_model: Any = None
+        self._evolution: Any = None
+        self._seconds = 0.0
+
+    @property
+    def samples(self) -> int:
+        return self.result.samples
+
+    @property
+    def best_latency_s(self) -> float | None:
+        return self.result.best_latency_s
+
+    def step(self, trials: int, deadline: float | None = None) -> int:
+        """Spend up to ``trials`` more samples (fewer if the space is used up, the deadline
+        passes or Ctrl-C); return how many were spent."""
+        before = self.result.samples
+        self.tracker.deadline = deadline
+        start = time.monotonic()
+        try:
+            if self.method == "mcts":
+                self._mcts_round(trials)
+            else:
+                self._evolutionary_round(trials)
+        except KeyboardInterrupt:
+            self.result.interrupted = True
+        if self.tracker.out_of_time():
+            self.result.interrupted = True
+        self._seconds += time.monotonic() - start
+        return self.result.samples - before
+
+    def finish(self) -> TuneResult:
+        """The result so far, with the proposer's accounting (ends the evolutionary strategy)."""
+        if self._evolution is not None:
+            self._evolution[0].post_tuning()
+            self._evolution = None
+        self.result.seconds = self._seconds
+        if self.proposer is not None and hasattr(self.proposer, "stats"):
+            self.result.stats = {**dict(self.proposer.stats()), **self.result.stats}
+        return self.result
+
+    # -------------------------------------------------------------------------------- MCTS
+    def _mcts_round(self, trials: int) -> None:
+        space, measurer, tracker = self.space, self.measurer, self.tracker
+        if self._cost_model is None:
+            self._cost_model = XGBCostModel(
+                space, self.hardware, warmup=self.warmup, seed=43 + self.seed
+            )
+            for candidate in (self.proposer, getattr(self.proposer, "fallback", None)):
+                if candidate is not None and hasattr(candidate, "model"):
+                    candidate.model = self._cost_model  # ranks moves once trained
+
+        def measure(state: ScheduleState) -> float | None:
+            sch = space.schedule(state)
+            if sch is None:
+                measurer.count += 1
+                tracker.add(Measurement(None, error="illegal schedule"), None)
+                return None
+            measurement = measurer.measure(space.mod, sch.mod)
+            tracker.add(measurement, sch.trace)
+            return measurement.latency_s if measurement.ok else None
+
+        root = self._best_state or _pick_root(space, self.hardware, self.rng)
+        prefix = list(self.result.steps)
+        outcome = search(
+            root,
+            proposer=self.proposer,
+            cost_model=self._cost_model,
+            measure=measure,
+            budget=trials,
+            rng=self.rng,
+            exploration=self.exploration,
+            branching=self.branching,
+            context_depth=self.context_depth,
+            actions=space.actions,
+            should_stop=tracker.out_of_time,
+            select=getattr(self.proposer, "select", None),
+            known=self._known,
+        )
+        counts = _count_sources(outcome.improvements)
+        previous = self.result.stats.get("improvements_by_source", {})
+        self.result.stats["improvements_by_source"] = {
+            k: previous.get(k, 0) + counts.get(k, 0) for k in {*previous, *counts}
+        }
+        best = outcome.best
+        if best is not None and best.latency is not None and best.state != self._best_state:
+            latest = self.result.best_latency_s
+            if latest is None or best.latency <= latest:
+                path = best.path()
+                self.result.steps = prefix + [
+                    Step(node.action, node.source, node.rationale, node.latency)
+                    for node in path[1:]
+                ]
+                self._best_state = best.state
+
+    # ------------------------------------------------------------------------ evolutionary
+    def _evolutionary_round(self, trials: int) -> None:
+        api = tvm_api()
+        ms = api.s_tir.meta_schedule
+        space, measurer, tracker = self.space, self.measurer, self.tracker
+        if self._evolution is None:
+            context = ms.TuneContext(
+                mod=space.mod,
+                target=space.target,
+                space_generator="post-order-apply",
+                search_strategy=ms.search_strategy.EvolutionarySearch(population_size=256),
+                task_name="baseline",
+                rand_state=1 + self.seed,
+                num_threads=1,
+            )
+            for postproc in context.space_generator.postprocs:
+                postproc._initialize_with_tune_context(context)
+            database = ms.database.MemoryDatabase()
+            workload = database.commit_workload(space.mod)
+            cost_model = make_xgb_model(warmup=self.warmup, seed=43 + self.seed)
+            strategy = context.search_strategy
+            strategy.pre_tuning(
+                max_trials=1 << 30,  # rounds are bounded by step(); the strategy never stops us
+                num_trials_per_iter=8,
+                design_spaces=context.space_generator.generate_design_space(space.mod),
+                database=database,
+                cost_model=cost_model,
+            )
+            args_info = ms.arg_info.ArgInfo.from_prim_func(space.mod["main"])
+            self._evolution = (strategy, context, database, workload, cost_model, args_info)
+        strategy, context, database, workload, cost_model, args_info = self._evolution
+        goal = self.result.samples + trials
+        while self.result.samples < goal and not tracker.out_of_time():
+            candidates = strategy.generate_measure_candidates()
+            if not candidates:
+                break
+            candidates = list(candidates)[: goal - self.result.samples]
+            results = []
+            for candidate in candidates:
+                measurement = measurer.measure(space.mod, candidate.sch.mod)
+                tracker.add(measurement, candidate.sch.trace)
+                ok = measurement.ok and measurement.latency_s is not None
+                run_secs = [measurement.latency_s] if ok else None
+                results.append(
+                    ms.runner.RunnerResult(
+                        run_secs, None if ok else (measurement.error or "failed")
+                    )
+                )
+                if ok:
+                    database.commit_tuning_record(
+                        ms.database.TuningRecord(
+                            candidate.sch.trace, workload, run_secs, space.target, args_info
+                        )
+                    )
+            cost_model.update(context, candidates, results)
+            strategy.notify_runner_results(candidates, results)
 
 
 def _count_sources(improvements: list[tuple[int, str]]) -> dict[str, int]:
@@ -259,61 +384,3 @@ def _pick_root(
         candidates.append(state)
     ranked = sorted(set(candidates), key=lambda s: rule_score(space, s, hardware)[0], reverse=True)
     return next((s for s in ranked if space.legal(s)), states[0])
-
-
-def _run_evolutionary(
-    space: DesignSpace, measurer: Measurer, trials: int, seed: int, tracker: _Tracker, warmup: int
-) -> None:
-    api = tvm_api()
-    ms = api.s_tir.meta_schedule
-    context = ms.TuneContext(
-        mod=space.mod,
-        target=space.target,
-        space_generator="post-order-apply",
-        search_strategy=ms.search_strategy.EvolutionarySearch(population_size=256),
-        task_name="baseline",
-        rand_state=1 + seed,
-        num_threads=1,
-    )
-    for postproc in context.space_generator.postprocs:
-        postproc._initialize_with_tune_context(context)
-    database = ms.database.MemoryDatabase()
-    workload = database.commit_workload(space.mod)
-    cost_model = make_xgb_model(warmup=warmup, seed=43 + seed)
-    strategy = context.search_strategy
-    batch = 8
-    strategy.pre_tuning(
-        max_trials=trials,
-        num_trials_per_iter=batch,
-        design_spaces=context.space_generator.generate_design_space(space.mod),
-        database=database,
-        cost_model=cost_model,
-    )
-    args_info = ms.arg_info.ArgInfo.from_prim_func(space.mod["main"])
-    try:
-        while tracker.result.samples < trials and not tracker.out_of_time():
-            candidates = strategy.generate_measure_candidates()
-            if not candidates:
-                break
-            candidates = list(candidates)[: trials - tracker.result.samples]
-            results = []
-            for candidate in candidates:
-                measurement = measurer.measure(space.mod, candidate.sch.mod)
-                tracker.add(measurement, candidate.sch.trace)
-                ok = measurement.ok and measurement.latency_s is not None
-                run_secs = [measurement.latency_s] if ok else None
-                results.append(
-                    ms.runner.RunnerResult(
-                        run_secs, None if ok else (measurement.error or "failed")
-                    )
-                )
-                if ok:
-                    database.commit_tuning_record(
-                        ms.database.TuningRecord(
-                            candidate.sch.trace, workload, run_secs, space.target, args_info
-                        )
-                    )
-            cost_model.update(context, candidates, results)
-            strategy.notify_runner_results(candidates, results)
-    finally:
-        strategy.post_tuning()
