@@ -2,11 +2,18 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="session")
+def key_dir(tmp_path_factory):
+    """This test session's signing key directory (never the user's ~/.config/torch_rc)."""
+    return tmp_path_factory.mktemp("keys")
+
+
 @pytest.fixture(autouse=True)
-def fresh_dynamo(tmp_path, monkeypatch):
+def fresh_dynamo(tmp_path, monkeypatch, key_dir):
     """Each test compiles from scratch: no cached frames, no automatic-dynamic carry-over, and its
-    own empty torch_rc cache (never the user's)."""
+    own empty torch_rc cache (never the user's), signed with the session's key."""
     monkeypatch.setenv("TORCH_RC_CACHE_DIR", str(tmp_path / "torch_rc_cache"))
+    monkeypatch.setenv("TORCH_RC_KEY_DIR", str(key_dir))
     torch._dynamo.reset()
     torch.manual_seed(0)
     yield

@@ -37,11 +37,12 @@ def fill(cache_dir, target):
 
 
 def _payload():
-    import pickle
+    from torch_rc.backends.artifact import ARTIFACT_VERSION, ring_of
+    from torch_rc.cache.payload import pack
 
-    from torch_rc.cache.artifacts import ARTIFACT_VERSION
-
-    return pickle.dumps({"artifact_version": ARTIFACT_VERSION, "kernels": {}})
+    return pack(
+        {"artifact_version": ARTIFACT_VERSION, "kernels": {}}, {}, ring_of(Options.resolve())
+    )
 
 
 @pytest.fixture
@@ -144,7 +145,7 @@ def test_prune_stats_and_verify(tmp_path, local_target):
     assert cli("cache", "--cache-dir", str(tmp_path), "verify").exit_code == 0
     store._conn.execute("UPDATE artifacts SET payload = x'00ff'")
     damaged = cli("cache", "--cache-dir", str(tmp_path), "verify")
-    assert damaged.exit_code == 1 and "cannot be read back" in damaged.output
+    assert damaged.exit_code == 1 and "not a torch_rc artifact" in damaged.output
 
 
 def test_tune_a_model_then_report(tmp_path, monkeypatch):

@@ -426,9 +426,11 @@ def cache_verify(location: tuple[str | None, str | None]) -> None:
     Exits non-zero if anything is damaged. (Re-measuring records needs the tuner's runner and is
     not offered yet.)
     """
-    from torch_rc.cache.artifacts import stored_kernels
+    from torch_rc.backends.artifact import artifact_problem
+    from torch_rc.options import Options
 
     store = _store(location)
+    options = Options.resolve()
     problems = []
     integrity = store.integrity()
     if integrity != "ok":
@@ -443,8 +445,10 @@ def cache_verify(location: tuple[str | None, str | None]) -> None:
     with _progress("verify artifacts") as progress:
         for index, entry in enumerate(artifacts):
             payload = store.artifact_payload(entry.key)
-            if payload is None or stored_kernels(payload) is None:
+            if payload is None:
                 problems.append(f"artifact {entry.key[:12]} cannot be read back")
+            elif (why := artifact_problem(payload, options)) is not None:
+                problems.append(f"artifact {entry.key[:12]}: {why}")
             progress("verify", index + 1, len(artifacts))
     for problem in problems:
         console.print(f"[red]{problem}[/red]")

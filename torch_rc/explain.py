@@ -234,14 +234,14 @@ def _is_compiled(model: Any) -> bool:
 
 
 def compiled_graphs(compiled_model: Any) -> list[Any]:
-    """The torch_rc :class:`~torch_rc.cache.artifacts.CompiledGraph` objects a ``torch.compile``
+    """The torch_rc :class:`~torch_rc.backends.artifact.CompiledGraph` objects a ``torch.compile``
     result runs now, in the order Dynamo compiled them (graph breaks' resume functions and
     per-shape specialisations included), read from Dynamo's cache entries.
 
     Raises:
         TorchRCError: ``compiled_model`` is not the result of ``torch.compile``.
     """
-    from torch_rc.cache.artifacts import CompiledGraph
+    from torch_rc.backends.artifact import CompiledGraph
 
     if not _is_compiled(compiled_model):
         raise TorchRCError(

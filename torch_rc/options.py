@@ -17,7 +17,38 @@ from typing import Any, Literal, get_args, get_origin
 
 from torch_rc.errors import OptionsError
 
-__all__ = ["Options", "MODE_PRESETS", "ENV_PREFIX", "TUNING_OPTIONS", "SECRET_OPTIONS"]
+__all__ = [
+    "Options",
+    "MODE_PRESETS",
+    "ENV_PREFIX",
+    "TUNING_OPTIONS",
+    "SECRET_OPTIONS",
+    "redact_url",
+]
+
+# Query parameters that carry credentials in endpoint URLs.
+_SECRET_QUERY = frozenset(
+    {"api-key", "api_key", "apikey", "key", "token", "access_token", "password", "secret", "sig"}
+)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without credentials: no ``user:password@``, and credential query parameters
+    (``?api-key=...``) replaced by ``***``. What is stored, logged or exported."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    query = urlencode(
+        [(k, "***" if k.lower() in _SECRET_QUERY else v) for k, v in parse_qsl(parts.query)]
+    )
+    return urlunsplit((parts.scheme, host, parts.path, query, parts.fragment))
+
 
 ENV_PREFIX = "TORCH_RC_"
 
@@ -75,6 +106,8 @@ class Options:
             with PyTorch (more follow while the verdict is unclear, within
             ``measure_budget_s``).
         measure_budget_s: Seconds one first-call comparison may spend timing.
+        lock_timeout_s: Seconds a compile waits for another process building the same graph in
+            the same cache before it compiles without the cache.
         select_margin: TVM (or the compiled graph) must be at least this much faster than
             PyTorch (0.05: 5%), on quiet timings, to be chosen.
         library: Whether matrix products inside TVM programs may run as PyTorch's own kernels
@@ -113,6 +146,14 @@ class Options:
             ``options={"llm": {"models": [...]}}``. Takes precedence over ``llm_model``.
         llm_pool_lambda: λ of the pool's tree policy (weight of the bias toward cheaper models).
         llm_escalate_every: Consecutive small-model regressions that trigger an escalation.
+        key_dir: Where this machine's signing key lives (artifacts and bundles it writes are
+            signed with it; ``trusted/*.pub`` there are trusted keys); empty: the platform's
+            user config dir (``~/.config/torch_rc``).
+        trusted_keys: Public-key files (PEM or base64 raw Ed25519) whose signatures are trusted
+            besides this machine's own: a serving replica lists its build machine's.
+        trust_unsigned: Load cache entries and bundles that are unsigned or signed by an untrusted
+            key. A compiled artifact holds shared libraries that run in this process: only for
+            caches and bundles you control.
     """
 
     strict: bool = False
@@ -126,6 +167,7 @@ class Options:
     schedule: Schedule = "default"
     measure_repeats: int = 10
     measure_budget_s: float = 1.0
+    lock_timeout_s: float = 120.0
     select_margin: float = 0.05
     library: Library = "measure"
     cache: bool = True
@@ -148,6 +190,9 @@ class Options:
     llm_models: str = ""
     llm_pool_lambda: float = 0.5
     llm_escalate_every: int = 2
+    key_dir: str = ""
+    trusted_keys: tuple[str, ...] = ()
+    trust_unsigned: bool = False
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -165,7 +210,11 @@ class Options:
             raise OptionsError(
                 f"option 'cache_url' must be a redis:// URL (or empty for the local SQLite cache), got {self.cache_url!r}"
             )
-        for name in ("rtol", "atol", "measure_budget_s", "select_margin"):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise OptionsError(f"option {field.name!r} must be a finite number, got {value}")
+        for name in ("rtol", "atol", "measure_budget_s", "select_margin", "lock_timeout_s"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise OptionsError(f"option {name!r} must be a finite number >= 0, got {value}")
@@ -256,6 +305,16 @@ class Options:
         import platformdirs
 
         return os.path.join(platformdirs.user_cache_dir("torch_rc"), "store.sqlite")
+
+    def key_path(self) -> str:
+        """The directory of this machine's signing key (see ``key_dir``; when it is empty,
+        ``TORCH_RC_KEY_DIR`` still names the machine's key, even for Options built directly)."""
+        key_dir = self.key_dir or os.environ.get(f"{ENV_PREFIX}KEY_DIR", "")
+        if key_dir:
+            return os.path.expanduser(key_dir)
+        import platformdirs
+
+        return platformdirs.user_config_dir("torch_rc")
 
     def replace(self, **changes: Any) -> Options:
         """Return a copy with ``changes`` applied (validated like the constructor)."""

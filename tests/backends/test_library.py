@@ -35,7 +35,9 @@ def _kernel_calls(compiled, model, x):
 def test_library_and_tvm_products_coexist_in_one_graph_and_match_eager():
     assert 16 * 512 * 1024 >= MIN_MACS > 16 * 1024 * 8
     model, x = BigAndSmall().eval(), torch.randn(16, 512)
-    compiled = torch.compile(model, backend="reasoning", options={**STRICT_TVM, "library": "always"})
+    compiled = torch.compile(
+        model, backend="reasoning", options={**STRICT_TVM, "library": "always"}
+    )
     with torch.no_grad():
         assert_matches_eager(compiled, model, x)
     kernel, calls = _kernel_calls(compiled, model, x)

@@ -92,7 +92,7 @@ def test_options_name_bad_tuning_values_and_llm_dict_expands(monkeypatch):
     resolved = Options.resolve({"llm": {"base_url": "http://h/v1", "model": "m"}})
     assert resolved.llm_enabled and resolved.llm_api_key == "sk-from-env"
     assert "sk-from-env" not in repr(resolved)
-    from torch_rc.cache.artifacts import options_dict
+    from torch_rc.backends.artifact import options_dict
 
     assert "llm_api_key" not in options_dict(resolved)
     assert not Options.resolve({}).tuning and Options.resolve({}, mode="max-autotune").trials == 256

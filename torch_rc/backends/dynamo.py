@@ -21,7 +21,7 @@ from torch_rc.backends.gate import GraphGate
 from torch_rc.backends.select import Counted
 from torch_rc.backends.specialize import SpecializingGraph, has_symbolic_shapes
 from torch_rc.backends.target import detect_target, graph_device, target_key
-from torch_rc.cache.artifacts import CompiledGraph, KernelBlob, options_dict, stored_kernels
+from torch_rc.backends.artifact import CompiledGraph, KernelBlob, options_dict, stored_kernels
 from torch_rc.cache.interface import TuningStore
 from torch_rc.cache.keys import artifact_key
 from torch_rc.cache.store import open_store
@@ -35,7 +35,17 @@ _graph_counter = itertools.count()
 # Options that change neither the code built nor the meaning of a decision: where the cache is,
 # and how long first-call timings may take. (The thread count is recorded in each decision.)
 _NOT_IN_KEY = frozenset(
-    {"cache", "cache_dir", "num_threads", "measure_repeats", "measure_budget_s"}
+    {
+        "cache",
+        "cache_dir",
+        "num_threads",
+        "measure_repeats",
+        "measure_budget_s",
+        "lock_timeout_s",
+        "key_dir",
+        "trusted_keys",
+        "trust_unsigned",
+    }
 )
 
 
@@ -123,9 +133,11 @@ def _compile_cached(
 ) -> tuple[CompiledGraph, GraphReport]:
     """Load the graph's kernels and decisions from the store, or build and store them.
 
-    A per-key lock makes concurrent processes build a given graph once: the second waits, then
-    hits. The artifact is stored right after the build and its decisions once the first call has
-    made them.
+    A per-key lock makes concurrent processes build a given graph once: the second waits (at
+    most ``lock_timeout_s``, then compiles without the cache), then hits. The lock covers a
+    build, never a tuning run: a compile that tunes takes no lock (its records are written one
+    by one) and stores its artifact at the end. The artifact is stored right after the build and
+    its decisions once the first call has made them.
     """
     key_options = {
         k: v
@@ -133,14 +145,23 @@ def _compile_cached(
         if k not in _NOT_IN_KEY and k not in TUNING_OPTIONS
     }
     details = artifact_key(gm, example, key_options, target_key(options, graph_device(example)))
-    with store.lock(details.key):
-        # A compile that tunes rebuilds with its new records (and then replaces the artifact);
-        # kernels tuned before are found in the store and not tuned again.
-        hit = None if options.tuning else store.get_artifact(details)
+    if options.tuning:
+        # Kernels tuned before are found in the store and not tuned again; the build then uses
+        # the new records and replaces the artifact.
+        return _build_and_store(gm, example, options, report_sink, store, details)
+    with store.lock(details.key, timeout_s=options.lock_timeout_s) as held:
+        if not held:
+            logger.warning(
+                "torch_rc: another process has been building this graph for over %.0f s "
+                "(lock_timeout_s); compiling it here without the cache",
+                options.lock_timeout_s,
+            )
+            return compile_graph(gm, example, options, report_sink, use_cache=False)
+        hit = store.get_artifact(details)
         blobs: Mapping[str, KernelBlob] | None = None
         if hit is not None:
-            # A graph that runs as the original needs no kernels: do not even unpickle them.
-            blobs = {} if _runs_eager(hit[1], options, example) else stored_kernels(hit[0])
+            # A graph that runs as the original needs no kernels: do not even read them.
+            blobs = {} if _runs_eager(hit[1], options, example) else stored_kernels(hit[0], options)
         if hit is not None and blobs is not None:
             cached = hit[1]
             compiled, report = compile_graph(
@@ -149,13 +170,28 @@ def _compile_cached(
             report.cache = "hit"
             compiled.after_first_call = lambda c: _save_decisions(store, details, cached, c)
             return compiled, report
-        compiled, report = compile_graph(gm, example, options, report_sink, use_cache=False)
-        if report.target.startswith("none"):
-            return compiled, report  # nothing was built; the graph runs in PyTorch
-        about = {ABOUT: describe_graph(gm, example, report)}
-        store.put_artifact(details, compiled.to_bytes(), {**compiled.decisions(), **about})
-        report.cache = "miss"
-        compiled.after_first_call = lambda c: _save_decisions(store, details, about, c)
+        return _build_and_store(gm, example, options, report_sink, store, details)
+
+
+def _build_and_store(
+    gm: torch.fx.GraphModule,
+    example: list[object],
+    options: Options,
+    report_sink: list[GraphReport] | None,
+    store: TuningStore,
+    details: Any,
+) -> tuple[CompiledGraph, GraphReport]:
+    from torch_rc.backends.artifact import ring_of
+
+    compiled, report = compile_graph(gm, example, options, report_sink, use_cache=False)
+    if report.target.startswith("none"):
+        return compiled, report  # nothing was built; the graph runs in PyTorch
+    about = {ABOUT: describe_graph(gm, example, report)}
+    store.put_artifact(
+        details, compiled.to_bytes(ring_of(options)), {**compiled.decisions(), **about}
+    )
+    report.cache = "miss"
+    compiled.after_first_call = lambda c: _save_decisions(store, details, about, c)
     return compiled, report
 
 

@@ -22,7 +22,9 @@ class TuningStore(Protocol):
     degraded: str | None
     errors: int
 
-    def lock(self, key: str) -> contextlib.AbstractContextManager[None]: ...
+    def lock(
+        self, key: str, timeout_s: float | None = None
+    ) -> contextlib.AbstractContextManager[bool]: ...
     def put_record(self, record: TuningRecord) -> int: ...
     def best_records(
         self, workload_key: str, target_key: str, k: int = 1

@@ -108,22 +108,26 @@ class RedisStore:
             return default
 
     @contextlib.contextmanager
-    def lock(self, key: str) -> Iterator[None]:
-        """A lock shared by every machine using this server; it expires if its holder dies."""
+    def lock(self, key: str, timeout_s: float | None = None) -> Iterator[bool]:
+        """A lock shared by every machine using this server; it expires if its holder dies.
+
+        Yields whether it is held (False after ``timeout_s``, or the lock's TTL, of waiting).
+        """
         name, token = self._k("lock", key), uuid.uuid4().hex
         acquired = False
-        deadline = time.monotonic() + _LOCK_TTL_MS / 1000
-        while time.monotonic() < deadline:
+        wait = _LOCK_TTL_MS / 1000 if timeout_s is None else min(timeout_s, _LOCK_TTL_MS / 1000)
+        deadline = time.monotonic() + wait
+        while True:
             acquired = bool(
                 self._guarded(
                     "lock", lambda: self._db.set(name, token, nx=True, px=_LOCK_TTL_MS), True
                 )
             )
-            if acquired:
+            if acquired or time.monotonic() >= deadline:
                 break
             time.sleep(0.05)
         try:
-            yield
+            yield acquired
         finally:
             if acquired:
                 self._guarded("unlock", lambda: self._release(keys=[name], args=[token]), 0)

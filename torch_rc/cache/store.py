@@ -72,6 +72,21 @@ CREATE TABLE IF NOT EXISTS misses (
 """
 
 
+def _flock(handle: Any, deadline: float | None) -> bool:
+    """Take an exclusive flock on ``handle``, polling until ``deadline`` (None: wait forever)."""
+    if deadline is None:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        return True
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
 class SQLiteStore:
     """Tuning records and artifacts in one SQLite file (or in memory when it cannot be written).
 
@@ -198,21 +213,31 @@ class SQLiteStore:
         )
 
     @contextlib.contextmanager
-    def lock(self, key: str) -> Iterator[None]:
-        """Hold a lock named ``key`` across processes (a file lock; released even on kill -9)."""
+    def lock(self, key: str, timeout_s: float | None = None) -> Iterator[bool]:
+        """Hold a lock named ``key`` across processes (a file lock; released even on kill -9).
+
+        Yields whether it is held: False when ``timeout_s`` passed while another holder kept it
+        (the caller then goes on without it).
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         if self.path is None or self.degraded:
             lock = self._thread_locks.setdefault(key, threading.Lock())
-            with lock:
-                yield
+            held = lock.acquire(timeout=-1 if timeout_s is None else timeout_s)
+            try:
+                yield held
+            finally:
+                if held:
+                    lock.release()
             return
         lock_dir = self.path.parent / "locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
+        lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(lock_dir / f"{key[:64]}.lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            held = _flock(handle, deadline)
             try:
-                yield
+                yield held
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                if held:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
 
     # ----------------------------------------------------------------- tuning records
     def put_record(self, record: TuningRecord) -> int:
