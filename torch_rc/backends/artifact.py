@@ -335,7 +335,8 @@ def ring_of(options: Options | Mapping[str, Any]) -> KeyRing:
 
 
 def _pickle_graph(graph_module: torch.fx.GraphModule) -> bytes:
-    from torch.fx._graph_pickler import GraphPickler, Options as PicklerOptions
+    from torch.fx._graph_pickler import GraphPickler
+    from torch.fx._graph_pickler import Options as PicklerOptions
 
     # Metadata that holds live Dynamo objects cannot be pickled; take it off only for the dump
     # (Dynamo still reads it from this graph after the backend returns).

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.fx
 
+from torch_rc.backends.artifact import CompiledGraph, KernelBlob, options_dict, stored_kernels
 from torch_rc.backends.compiler import GraphReport, compile_aten_graph, static_input_positions
 from torch_rc.backends.decisions import Decision, Machine, decisions_from_json
 from torch_rc.backends.decompositions import decomposition_table
@@ -21,7 +22,6 @@ from torch_rc.backends.gate import GraphGate
 from torch_rc.backends.select import Counted
 from torch_rc.backends.specialize import SpecializingGraph, has_symbolic_shapes
 from torch_rc.backends.target import detect_target, graph_device, target_key
-from torch_rc.backends.artifact import CompiledGraph, KernelBlob, options_dict, stored_kernels
 from torch_rc.cache.interface import TuningStore
 from torch_rc.cache.keys import artifact_key
 from torch_rc.cache.store import open_store
