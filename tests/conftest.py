@@ -2,10 +2,14 @@ import pytest
 import torch
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def key_dir(tmp_path_factory):
-    """This test session's signing key directory (never the user's ~/.config/torch_rc)."""
-    return tmp_path_factory.mktemp("keys")
+    """This test session's signing key directory (never the user's ~/.config/torch_rc), set
+    before any fixture of any scope compiles."""
+    path = tmp_path_factory.mktemp("keys")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_RC_KEY_DIR", str(path))
+        yield path
 
 
 @pytest.fixture(autouse=True)

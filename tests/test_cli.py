@@ -77,11 +77,14 @@ def test_export_import_round_trip_keeps_the_faster_record(tmp_path, local_target
     assert cli("cache", "--cache-dir", str(src), "export", str(tmp_path / "b.trc")).exit_code == 0
     result = cli("cache", "--cache-dir", str(dst), "import", str(tmp_path / "b.trc"))
     assert result.exit_code == 0, result.output
-    assert "imported 2 records and 1 artifacts" in result.output
+    assert "imported 2 records (0 already present) and 1 artifacts" in result.output
     best = SQLiteStore(dst / "store.sqlite").best_records("wl", local_target, k=5)
     assert [r.latency_s for r in best] == [0.0005, 0.001, 0.002]
     again = cli("cache", "--cache-dir", str(dst), "import", str(tmp_path / "b.trc"))
-    assert "(1 already present)" in again.output
+    assert "imported 0 records (2 already present) and 0 artifacts (1 already present)" in (
+        again.output
+    )
+    assert len(SQLiteStore(dst / "store.sqlite").all_records()) == 3  # re-import adds nothing
     listing = json.loads(cli("cache", "--cache-dir", str(dst), "ls", "--json").output)
     assert listing["records"][0]["latency_ms"] == 0.5
     assert {r["method"] for r in listing["records"]} >= {"mcts"}

@@ -149,3 +149,25 @@ def test_warmup_cli_with_an_exported_program(tmp_path):
     assert "warmed 1 buckets" in result.output
     with tarfile.open(tmp_path / "m.trc") as tar:
         assert "manifest.json" in tar.getnames()
+
+
+def test_a_replica_on_a_read_only_location_gets_its_bundles_hits(warmed, tmp_path):
+    root, _ = warmed
+    blocker = tmp_path / "a-file"  # a cache location that cannot be created: read-only
+    blocker.write_text("")
+    serving = ServingModel(
+        build_model(),
+        example_inputs(),
+        BUCKETS,
+        bundle=str(root / "b.trc"),
+        options={"cache_dir": str(blocker / "cache")},
+    )
+    stats = serving.stats()
+    assert stats["cache_hits"] == stats["graphs"] == 2 and stats["tuning_runs"] == 0
+
+
+def test_warmup_on_a_read_only_location_fails_up_front(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(CacheError, match="would be lost"):
+        warmup(build_model(), example_inputs(), options={"cache_dir": str(blocker / "c")})

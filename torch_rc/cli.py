@@ -58,13 +58,26 @@ def _when(stamp: float) -> str:
     return datetime.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M")
 
 
-def _store(location: tuple[str | None, str | None]) -> Any:
-    from torch_rc.cache.store import make_store
+def _store(location: tuple[str | None, str | None], writes: str = "") -> Any:
+    """The process's store at ``location``; with ``writes`` (what the command would write), one
+    that can persist it (a read-only location is an error, never a silent success)."""
+    from torch_rc.cache.store import persistent_store, store_for
     from torch_rc.options import Options
 
+    where = Options.resolve(_given(location)).store_location()
+    return persistent_store(where, writes) if writes else store_for(where)
+
+
+def _given(location: tuple[str | None, str | None]) -> dict[str, str]:
     cache_dir, cache_url = location
-    given = {k: v for k, v in (("cache_dir", cache_dir), ("cache_url", cache_url)) if v}
-    return make_store(Options.resolve(given).store_location())
+    return {k: v for k, v in (("cache_dir", cache_dir), ("cache_url", cache_url)) if v}
+
+
+def _ring() -> Any:
+    from torch_rc.backends.artifact import ring_of
+    from torch_rc.options import Options
+
+    return ring_of(Options.resolve())
 
 
 def _local_targets() -> list[str]:
@@ -296,9 +309,7 @@ def cache_forget_decisions(
     kernels and every tuning record."""
     from torch_rc.backends.dynamo import ABOUT
 
-    store = _store(location)
-    if store.degraded:
-        raise click.ClickException(f"cannot change the cache: {store.degraded}")
+    store = _store(location, writes="the change")
     forgotten = 0
     for entry in store.artifacts():
         about = entry.decisions.get(ABOUT)
@@ -316,6 +327,54 @@ def cache_forget_decisions(
     console.print(
         f"forgot the decisions of {forgotten} compiled graph(s); kernels and tuning records are kept"
     )
+
+
+@main.group()
+def keys() -> None:
+    """This machine's signing key and the keys it trusts.
+
+    Every cache entry and bundle torch_rc writes is signed with this machine's key, and only
+    entries signed by a trusted key are loaded (they hold code). To serve a bundle made on a
+    build machine: run `torch-rc keys show --pem > build.pub` there, and `torch-rc keys trust
+    build.pub` on each replica (or list the file in the trusted_keys option).
+    """
+
+
+@keys.command("show")
+@click.option("--pem", is_flag=True, help="Print only the public key (PEM), for a file.")
+@_clear_errors
+def keys_show(pem: bool) -> None:
+    """This machine's key id, public key and where they live (made on first use)."""
+    ring = _ring()
+    if pem:
+        click.echo(ring.public_pem(), nl=False)
+        return
+    console.print(f"key id   {ring.own_id}")
+    console.print(f"key dir  {ring.key_dir}")
+    click.echo(ring.public_pem(), nl=False)
+
+
+@keys.command("trust")
+@click.argument("public_key", type=click.Path(exists=True, dir_okay=False))
+@_clear_errors
+def keys_trust(public_key: str) -> None:
+    """Trust PUBLIC_KEY (a PEM or base64 Ed25519 public key file): copy it into this machine's
+    trusted keys."""
+    from torch_rc.cache.signing import trust_key
+
+    ring = _ring()
+    kid, path = trust_key(ring.key_dir, public_key)
+    console.print(f"trusted key {kid} ({path})")
+
+
+@keys.command("list")
+@_clear_errors
+def keys_list() -> None:
+    """The key ids whose signatures are trusted here (this machine's own included)."""
+    ring = _ring()
+    own = ring.own_id
+    for kid in sorted(ring.trusted):
+        console.print(f"{kid}{'  (this machine)' if kid == own else ''}")
 
 
 @cache.command("stats")
@@ -341,7 +400,7 @@ def cache_export(location: tuple[str | None, str | None], bundle: str) -> None:
     from torch_rc.cache.bundle import export_bundle
 
     with _progress("export") as progress:
-        manifest = export_bundle(_store(location), bundle, progress)
+        manifest = export_bundle(_store(location), bundle, _ring(), progress)
     console.print(
         f"wrote {bundle}: {manifest['records']} records, {manifest['artifacts']} artifacts"
     )
@@ -352,25 +411,46 @@ def cache_export(location: tuple[str | None, str | None], bundle: str) -> None:
 @click.option(
     "--allow-other-target", is_flag=True, help="Also import entries made for another CPU/GPU."
 )
+@click.option(
+    "--trust-unsigned",
+    is_flag=True,
+    help="Import a bundle that is unsigned or signed by a key not trusted here. A bundle holds "
+    "shared libraries that every process using this cache loads: only for bundles you made.",
+)
 @click.pass_obj
 @_clear_errors
 def cache_import(
-    location: tuple[str | None, str | None], bundle: str, allow_other_target: bool
+    location: tuple[str | None, str | None],
+    bundle: str,
+    allow_other_target: bool,
+    trust_unsigned: bool,
 ) -> None:
-    """Merge BUNDLE into the cache (faster records win; entries for another target are refused)."""
+    """Merge BUNDLE into the cache after verifying it: it must be signed by a trusted key (see
+    `torch-rc keys`), every member must match its hash, and nothing is written if anything is
+    off. Records verified here are never displaced by imported ones; entries for another target
+    are refused."""
     from torch_rc.cache.bundle import describe_refusal, import_bundle
 
     local = _local_targets()
+    if trust_unsigned:
+        console.print(
+            "[yellow]warning: --trust-unsigned: this bundle's code will be loaded without a "
+            "trusted signature[/yellow]"
+        )
+    store = _store(location, writes="the imported entries")
     with _progress("import") as progress:
         summary = import_bundle(
-            _store(location),
+            store,
             bundle,
             local_target=local,
+            ring=_ring(),
+            trust_unsigned=trust_unsigned,
             allow_other_target=allow_other_target,
             progress=progress,
         )
     console.print(
-        f"imported {summary.records_added} records and {summary.artifacts_added} artifacts "
+        f"imported {summary.records_added} records ({summary.records_present} already present) "
+        f"and {summary.artifacts_added} artifacts "
         f"({summary.artifacts_present} already present); refused {summary.rejected_other_target} "
         f"for another target, {summary.rejected_other_version} for other versions, "
         f"{summary.rejected_unverified} unverified"
@@ -407,12 +487,16 @@ def cache_prune(
     from torch_rc.cache.keys import environment_parts
 
     tvm_version = environment_parts("")["tvm"] if other_tvm else None
-    counts = _store(location).prune(
+    store = _store(location, writes="" if dry_run else "the deletions")
+    errors = store.errors
+    counts = store.prune(
         older_than_s=older_than_days * 86400 if older_than_days is not None else None,
         target_key=target_key,
         tvm_version=tvm_version,
         dry_run=dry_run,
     )
+    if store.errors > errors:
+        raise click.ClickException("the cache could not be changed; see the warning above")
     verb = "would delete" if dry_run else "deleted"
     console.print(f"{verb} {counts['records']} records and {counts['artifacts']} artifacts")
 

@@ -153,6 +153,10 @@ def warmup(
     if time_limit_s:
         merged["tune_total_s"] = time_limit_s
     resolved = Options.resolve(merged)
+    if resolved.cache:
+        from torch_rc.cache.store import persistent_store
+
+        persistent_store(resolved.store_location(), "what warm-up compiles and tunes")
     buckets = (
         [list(map(tuple, b)) for b in shapes] if shapes else [signature_shapes(example_inputs)]
     )
@@ -182,10 +186,11 @@ def warmup(
             break
     torch._dynamo.reset()
     if bundle:
+        from torch_rc.backends.artifact import ring_of
         from torch_rc.cache.bundle import export_bundle
-        from torch_rc.cache.store import make_store
+        from torch_rc.cache.store import store_for
 
-        export_bundle(make_store(resolved.store_location()), bundle)
+        export_bundle(store_for(resolved.store_location()), bundle, ring_of(resolved))
         report.bundle = bundle
     report.seconds = time.monotonic() - start
     return report
@@ -206,8 +211,13 @@ class ServingModel:
         options: Backend options; ``tune`` is forced to ``"never"``.
         allow_other_target: Import bundle entries made for another target (normally refused).
 
+    The bundle must be signed by a trusted key (the ``trusted_keys`` option, or ``torch-rc
+    keys trust``): it holds code this process loads. On a read-only cache location its entries
+    live in this process's memory.
+
     Raises:
-        CacheError: The bundle is missing, corrupted, or holds nothing usable here.
+        CacheError: The bundle is missing, corrupted, not signed by a trusted key (unless
+            ``trust_unsigned``), or holds nothing usable here.
     """
 
     def __init__(
@@ -227,16 +237,22 @@ class ServingModel:
         self.options = Options.resolve({**(options or {}), "tune": "never"})
         self.import_summary = None
         if bundle:
+            from torch_rc.backends.artifact import ring_of
             from torch_rc.backends.target import local_target_keys
             from torch_rc.cache.bundle import describe_refusal, import_bundle
-            from torch_rc.cache.store import make_store
+            from torch_rc.cache.store import store_for
 
             local = local_target_keys(self.options)
+            # The process's one store for the location: on a read-only location the import goes
+            # to the same in-memory copy the compiles below read.
             summary = import_bundle(
-                make_store(self.options.store_location()),
+                store_for(self.options.store_location()),
                 bundle,
                 local_target=local,
+                ring=ring_of(self.options),
+                trust_unsigned=self.options.trust_unsigned,
                 allow_other_target=allow_other_target,
+                require_persist=False,
             )
             usable = summary.records_added + summary.artifacts_added + summary.artifacts_present
             if usable == 0 and (summary.rejected_other_target or summary.rejected_other_version):

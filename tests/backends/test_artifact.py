@@ -163,3 +163,19 @@ def test_only_trusted_signers_are_loaded(tmp_path):
     # A header edited after signing breaks the signature (same length, one value changed).
     forged = data.replace(b'"format": 2', b'"format": 3', 1)
     assert forged != data and stored_kernels(forged, trusted) is None
+
+
+def test_a_held_compile_lock_does_not_block_a_replica(tmp_path, caplog):
+    import fcntl
+
+    model, x = _model(), torch.randn(4, 16)
+    _compile_cached(model, x, tmp_path / "a")
+    _, key, _ = _stored(tmp_path / "a")
+    (tmp_path / "b" / "locks").mkdir(parents=True)
+    # Another process building the same graph holds its lock (flock: per open file, so an open
+    # file of this process conflicts too).
+    with open(tmp_path / "b" / "locks" / f"{key[:64]}.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        out = _compile_cached(model, x, tmp_path / "b", lock_timeout_s=0.3, tune="never")
+    torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-4)
+    assert "compiling it here without the cache" in caplog.text

@@ -37,7 +37,7 @@ def completion(content: str, prompt_tokens: int = 100, completion_tokens: int = 
 @contextmanager
 def scripted_endpoint(script: list):
     """Steps: ``("ok", content)``, ``("status", code, headers)``, ``("sleep", seconds)``,
-    ``("raw", body_text)``. Yields (base_url, requests) where requests collects the JSON bodies."""
+    ``("raw", body_text)``, ``("drip", seconds_per_byte)``. Yields (base_url, requests) where requests collects the JSON bodies."""
     requests: list[dict] = []
     steps = list(script)
     lock = threading.Lock()
@@ -52,6 +52,20 @@ def scripted_endpoint(script: list):
                 requests.append(body)
                 step = steps.pop(0) if steps else ("status", 500, {})
             kind = step[0]
+            if kind == "drip":  # a valid answer, one byte at a time, never done in time
+                payload = json.dumps(completion("{}")).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                try:
+                    for byte in payload:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(step[1])
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                return
             if kind == "sleep":
                 time.sleep(step[1])
                 step = ("ok", "{}")

@@ -271,7 +271,19 @@ def _build_kernel(
     nodes, products = library
     try:
         lowered = lowered or lower_partition(sub, _input_values(call), weights, nodes)
-        executable = build_executable(lowered.mod, target, options, database)
+        try:
+            executable = build_executable(lowered.mod, target, options, database)
+        except BuildError as exc:
+            if database is None:
+                raise
+            # A stored record (an imported one, say) that does not build must not keep this
+            # partition in PyTorch for good: build with default schedules instead.
+            logger.warning(
+                "torch_rc: %s did not build with its stored schedules (%s); default schedules",
+                part.name,
+                str(exc).splitlines()[0][:200],
+            )
+            executable = build_executable(lowered.mod, target, options, None)
         signature = KernelSignature(
             tuple(lowered.inputs),
             tuple(lowered.outputs),

@@ -12,6 +12,7 @@ database was made for (unlike JSONDatabase, apache/tvm #15549).
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 from typing import Any
 
@@ -21,6 +22,8 @@ from torch_rc.cache.records import Check, TuningRecord
 from torch_rc.tvm_shim import tvm_api
 
 __all__ = ["make_database"]
+
+logger = logging.getLogger(__name__)
 
 
 def _seconds(record: Any) -> float:
@@ -66,9 +69,17 @@ def make_database(store: TuningStore, target_key: str) -> Any:
         def _stored(self, key: str, workload: Any, k: int) -> list[Any]:
             records = []
             for stored in store.best_records(key, target_key, k):
-                records.append(
-                    ms.database.TuningRecord.from_json(json.loads(stored.trace), workload)
-                )
+                try:
+                    records.append(
+                        ms.database.TuningRecord.from_json(json.loads(stored.trace), workload)
+                    )
+                except Exception as exc:  # noqa: BLE001 - a record TVM cannot read is skipped
+                    logger.warning(
+                        "torch_rc: stored record %s for %s cannot be read (%s); skipped",
+                        stored.id,
+                        key[:12],
+                        str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__,
+                    )
             return records
 
         def get_top_k(self, workload: Any, top_k: int) -> list[Any]:

@@ -36,7 +36,8 @@ class TuningRecord:
     """The best schedule found for one workload on one target, and how it was found.
 
     Only typed fields are stored (no free-form provenance), so no API key or prompt can leak into
-    the store. ``samples`` counts real measurements.
+    the store. ``samples`` counts real measurements. An imported record (``imported_from``) was
+    verified where it was made, not here: it never evicts a record this machine verified.
     """
 
     workload_key: str
@@ -54,6 +55,7 @@ class TuningRecord:
     tokens: int = 0
     tvm_version: str = ""
     torch_rc_version: str = ""
+    imported_from: str = ""  # "" when this machine verified it; "bundle" when imported
     created: float = field(default_factory=time.time)
     id: int | None = None
 

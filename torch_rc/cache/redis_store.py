@@ -56,6 +56,10 @@ return 0
 """
 
 
+# Added to an imported record's score: no kernel takes 11 days, so it ranks after local ones.
+_IMPORTED_RANK = 1e6
+
+
 class RedisStore:
     """Tuning records and artifacts on a Redis server (``redis://host:port/db``)."""
 
@@ -149,7 +153,9 @@ class RedisStore:
             member = json.dumps({"id": rid, "body": record.to_json()})
             key = self._record_set(record.workload_key, record.target_key)
             pipe = self._db.pipeline(transaction=True)
-            pipe.zadd(key, {member: record.latency_s})
+            # Imported records rank after every record verified here (see TuningRecord).
+            score = record.latency_s + (_IMPORTED_RANK if record.imported_from else 0.0)
+            pipe.zadd(key, {member: score})
             pipe.zremrangebyrank(key, self.keep_best, -1)
             pipe.sadd(self._k("records"), key)
             pipe.execute()
@@ -165,7 +171,8 @@ class RedisStore:
         def query() -> list[TuningRecord]:
             members = self._db.zrange(self._record_set(workload_key, target_key), 0, k - 1)
             return sorted(
-                (self._decode(m) for m in members), key=lambda r: (r.latency_s, r.id or 0)
+                (self._decode(m) for m in members),
+                key=lambda r: (bool(r.imported_from), r.latency_s, r.id or 0),
             )
 
         return self._guarded("read", query, [])

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from torch_rc.errors import CacheError
 
-__all__ = ["KeyRing", "key_id", "keyring"]
+__all__ = ["KeyRing", "key_id", "keyring", "trust_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,11 @@ class KeyRing:
             return False
         return True
 
+    def verify_signer(self, signer: str) -> bool:
+        """Whether ``signer`` is a trusted key id (its signature was checked by :meth:`verify`)."""
+        self._signing_key()
+        return signer in self.trusted
+
     def describe(self, signer: str) -> str:
         if signer in self.trusted:
             return f"key {signer} (trusted)"
@@ -149,10 +154,26 @@ def _write_private(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
+def _writable_by_others(path: Path) -> bool:
+    import stat
+
+    try:
+        return bool(path.stat().st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+    except OSError:
+        return False
+
+
 @functools.cache
 def _ring(key_dir: str, trusted_files: tuple[str, ...]) -> KeyRing:
     ring = KeyRing(Path(key_dir))
-    sources: Iterable[Path] = sorted((Path(key_dir) / TRUSTED_DIR).glob("*.pub"))
+    trusted_dir = Path(key_dir) / TRUSTED_DIR
+    sources: Iterable[Path] = sorted(trusted_dir.glob("*.pub"))
+    if sources and _writable_by_others(trusted_dir):
+        logger.warning(
+            "torch_rc: %s is writable by other users; its keys are ignored (chmod go-w it)",
+            trusted_dir,
+        )
+        sources = []
     for path in [*sources, *map(Path, trusted_files)]:
         try:
             key = _load_public(path)
@@ -166,3 +187,29 @@ def _ring(key_dir: str, trusted_files: tuple[str, ...]) -> KeyRing:
 def keyring(key_dir: str, trusted_files: Iterable[str] = ()) -> KeyRing:
     """The key ring of ``key_dir`` with the extra trusted public-key files (one per process)."""
     return _ring(os.path.expanduser(key_dir), tuple(sorted(trusted_files)))
+
+
+def trust_key(key_dir: str | Path, public_key_file: str | Path) -> tuple[str, Path]:
+    """Copy a public key into ``key_dir/trusted/`` (PEM), so later processes trust it; returns
+    its id and where it went.
+
+    Raises:
+        CacheError: the file is not an Ed25519 public key.
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = _load_public(Path(public_key_file))
+    except (OSError, ValueError) as exc:
+        raise CacheError(f"{public_key_file} is not a readable Ed25519 public key: {exc}") from None
+    kid = key_id(_raw(key))
+    directory = Path(key_dir) / TRUSTED_DIR
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / f"{kid}.pub"
+    path.write_bytes(
+        key.public_bytes(  # type: ignore[attr-defined]
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    _ring.cache_clear()
+    return kid, path

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -72,6 +73,11 @@ CREATE TABLE IF NOT EXISTS misses (
 """
 
 
+# Records verified on this machine first, then imported ones (TuningRecord.imported_from); each
+# fastest first. An imported record never evicts, nor outranks, a record verified here.
+_RANK = "COALESCE(json_extract(body, '$.imported_from'), '') != '', latency_s, id"
+
+
 def _flock(handle: Any, deadline: float | None) -> bool:
     """Take an exclusive flock on ``handle``, polling until ``deadline`` (None: wait forever)."""
     if deadline is None:
@@ -116,10 +122,13 @@ class SQLiteStore:
     def _open(self) -> sqlite3.Connection:
         if self.path is None:
             return self._init(_connect(":memory:"))
+        _refuse_shared_dir(self.path.parent)
         if not _writable(self.path):
             return self._degrade_to_memory(f"cache location {self.path.parent} is not writable")
         try:
-            return self._init(_connect(str(self.path)))
+            conn = self._init(_connect(str(self.path)))
+            _private_files(self.path)
+            return conn
         except CacheError:
             raise
         except sqlite3.OperationalError as exc:
@@ -269,7 +278,7 @@ class SQLiteStore:
                 conn.execute(
                     "DELETE FROM records WHERE workload_key = ? AND target_key = ? AND id NOT IN ("
                     " SELECT id FROM records WHERE workload_key = ? AND target_key = ?"
-                    " ORDER BY latency_s, id LIMIT ?)",
+                    f" ORDER BY {_RANK} LIMIT ?)",
                     (record.workload_key, record.target_key) * 2 + (self.keep_best,),
                 )
                 return int(cursor.lastrowid or 0)
@@ -282,7 +291,7 @@ class SQLiteStore:
         def query() -> list[TuningRecord]:
             rows = self._conn.execute(
                 "SELECT id, body FROM records WHERE workload_key = ? AND target_key = ?"
-                " ORDER BY latency_s, id LIMIT ?",
+                f" ORDER BY {_RANK} LIMIT ?",
                 (workload_key, target_key, k),
             ).fetchall()
             return [TuningRecord.from_json(body, id=rid) for rid, body in rows]
@@ -547,9 +556,33 @@ def _connect(target: str) -> sqlite3.Connection:
     return conn
 
 
+def _refuse_shared_dir(directory: Path) -> None:
+    """A cache directory others can write is code execution for them (artifacts hold libraries
+    this process loads; signatures stop swapped entries, but not a swapped database or key)."""
+    try:
+        mode = directory.stat().st_mode
+    except OSError:
+        return  # made below, 0700
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise CacheError(
+            f"cache directory {directory} is writable by other users (mode {mode & 0o777:o}): "
+            f"refusing to use it (run chmod go-w {directory}, or set TORCH_RC_CACHE_DIR to a "
+            "private directory)"
+        )
+
+
+def _private_files(path: Path) -> None:
+    """The database and its WAL files readable and writable by their owner only."""
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.chmod(f"{path}{suffix}", 0o600)
+        except OSError:
+            pass  # not there yet, or not ours: SQLite makes -wal/-shm with the database's mode
+
+
 def _writable(path: Path) -> bool:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError:
         return False
     if not os.access(path.parent, os.W_OK):
@@ -557,15 +590,18 @@ def _writable(path: Path) -> bool:
     return not path.exists() or os.access(path, os.W_OK)
 
 
-_OPEN: dict[str, TuningStore | None] = {}
+_OPEN: dict[str, TuningStore | CacheError] = {}
 _OPEN_LOCK = threading.Lock()
 
 
 def make_store(location: str) -> TuningStore:
-    """A store for ``location``: a ``redis://`` URL (RedisStore) or a SQLite file path.
+    """A new store object for ``location``: a ``redis://`` URL (RedisStore) or a SQLite file path.
+    Most callers want :func:`store_for` (one object per location per process, so that a store
+    that runs in memory is the same memory for everyone in the process).
 
     Raises:
-        CacheError: the store cannot be used at all (unreachable server, newer schema).
+        CacheError: the store cannot be used at all (unreachable server, newer schema, a cache
+            directory other users can write).
     """
     if location.startswith(("redis://", "rediss://", "unix://")):
         from torch_rc.cache.redis_store import RedisStore
@@ -574,14 +610,60 @@ def make_store(location: str) -> TuningStore:
     return SQLiteStore(location)
 
 
-def open_store(location: str) -> TuningStore | None:
-    """The process's store for ``location`` (opened once); None when it cannot be used at all,
-    in which case the caller compiles without a cache (a warning says why)."""
+def store_for(location: str) -> TuningStore:
+    """The process's store for ``location``, opened once (compiles, imports, warm-up and the CLI
+    all share it: a bundle imported into a read-only location's in-memory copy is what the
+    compiles read).
+
+    Raises:
+        CacheError: the store cannot be used at all (the same error for every later call).
+    """
     with _OPEN_LOCK:
         if location not in _OPEN:
             try:
                 _OPEN[location] = make_store(location)
             except CacheError as exc:
-                logger.warning("torch_rc: %s; compiling without the cache", exc)
-                _OPEN[location] = None
-        return _OPEN[location]
+                _OPEN[location] = exc
+        opened = _OPEN[location]
+    if isinstance(opened, CacheError):
+        raise opened
+    return opened
+
+
+def persistent_store(location: str, purpose: str) -> TuningStore:
+    """:func:`store_for`, for work whose point is what it writes (tuning, warm-up, imports).
+
+    Raises:
+        CacheError: the store cannot be used, or runs in memory (a read-only location): the
+            work would report success and lose ``purpose``.
+    """
+    store = store_for(location)
+    if store.degraded:
+        raise CacheError(
+            f"{store.degraded}, so {purpose} would be lost; point cache_dir "
+            "(TORCH_RC_CACHE_DIR) at a writable directory"
+        )
+    return store
+
+
+def open_store(location: str) -> TuningStore | None:
+    """:func:`store_for`, or None when the store cannot be used at all, in which case the caller
+    compiles without a cache (a warning says why, once)."""
+    with _OPEN_LOCK:
+        first = location not in _OPEN
+    try:
+        return store_for(location)
+    except CacheError as exc:
+        if first:
+            logger.warning("torch_rc: %s; compiling without the cache", exc)
+        return None
+
+
+def forget_open_stores() -> None:
+    """Close and forget every store :func:`store_for` opened (tests; a process that moves its
+    cache)."""
+    with _OPEN_LOCK:
+        for opened in _OPEN.values():
+            if not isinstance(opened, CacheError):
+                opened.close()
+        _OPEN.clear()

@@ -55,6 +55,7 @@ def tune(
 
     Raises:
         OptionsError: A bad option (named).
+        CacheError: The cache cannot keep what tuning finds (a read-only location).
     """
     from torch_rc.backends.compiler import GraphReport
     from torch_rc.backends.dynamo import reporting_backend
@@ -64,6 +65,10 @@ def tune(
     resolved = Options.resolve(merged, mode)
     if resolved.tune == "never":
         resolved = resolved.replace(tune="auto")  # an explicit tune() call means tune
+    if resolved.cache:
+        from torch_rc.cache.store import persistent_store
+
+        persistent_store(resolved.store_location(), "the tuning results")
     sink: list[GraphReport] = []
 
     torch._dynamo.reset()

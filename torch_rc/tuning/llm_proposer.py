@@ -299,6 +299,10 @@ class LLMProposer:
         self.fallbacks += missing
         return list(out) + top_up(self.fallback, context, count, rng, out)
 
+    def set_deadline(self, deadline: float | None) -> None:
+        """No LLM call runs past ``deadline`` (``time.monotonic()``; the tuning time limit)."""
+        self.client.deadline = deadline
+
     def stats(self) -> dict[str, Any]:
         stats = self.client.stats()
         stats.update(

@@ -248,6 +248,11 @@ class PoolProposer:
         self.select = model_aware_select(self.theta, lam, exploration)
         self.log: list[dict[str, Any]] = []
 
+    def set_deadline(self, deadline: float | None) -> None:
+        """No LLM call of the pool runs past ``deadline`` (the tuning time limit)."""
+        for proposer in self.proposers.values():
+            proposer.set_deadline(deadline)
+
     @property
     def smallest(self) -> str:
         return self.models[0].name

@@ -221,6 +221,8 @@ class TaskSearch:
         passes or Ctrl-C); return how many were spent."""
         before = self.result.samples
         self.tracker.deadline = deadline
+        if hasattr(self.proposer, "set_deadline"):
+            self.proposer.set_deadline(deadline)  # the time limit holds inside LLM calls too
         start = time.monotonic()
         try:
             if self.method == "mcts":
