@@ -282,3 +282,38 @@ def test_ls_names_compiled_graphs_and_forget_decisions_keeps_kernels(tmp_path, m
     ]
     assert graph["decisions"] == {} and graph["model"] == "Sequential"  # kernels, description kept
     assert graph["graph"] == "not decided yet"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["tune", "m.pt2", "--input", "0x5"], "a shape is positive sizes"),
+        (["tune", "m.pt2", "--input", "2x17"], "the model fails on --input 2x17"),
+        (["warmup", "m.pt2", "--input", "2x16", "--bucket", "8x17"], "fails on bucket 8x17"),
+        (["warmup", "m.pt2", "--input", "4x16"], "only takes the shapes it was exported for"),
+        (["warmup", "m.pt2", "--input", "2x16", "--bucket", "2x16,3"], "2 shapes for 1 inputs"),
+    ],
+)
+def test_bad_cli_input_is_one_line_and_a_non_zero_exit(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU()).eval()
+    torch.export.save(torch.export.export(model, (torch.randn(2, 16),)), "m.pt2")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and message in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "Traceback" not in result.output
+
+
+def test_options_are_validated_when_resolved(monkeypatch):
+    monkeypatch.setenv("TORCH_RC_RTOL", "nan")
+    result = CliRunner().invoke(main, ["tune", "m:f", "--input", "2x16"])
+    assert result.exit_code != 0 and "'rtol' must be a finite number" in result.output
+    monkeypatch.delenv("TORCH_RC_RTOL")
+    with pytest.raises(torch_rc_errors().OptionsError, match="lock_timeout_s"):
+        Options.resolve({"lock_timeout_s": float("inf")})
+
+
+def torch_rc_errors():
+    import torch_rc.errors
+
+    return torch_rc.errors

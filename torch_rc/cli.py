@@ -614,17 +614,47 @@ def _load_model(spec: str) -> Any:
     return model.eval() if isinstance(model, torch.nn.Module) else model
 
 
+def _dims(spec: str, text: str, hint: str) -> list[int]:
+    """``32x256`` -> [32, 256]; anything else (``0x5``, ``ax3``, ``-1x4``) is a one-line error."""
+    try:
+        dims = [int(d) for d in text.lower().split("x")]
+    except ValueError:
+        dims = []
+    if not dims or any(d < 1 for d in dims) or any(d > 1 << 31 for d in dims):
+        raise click.BadParameter(
+            f"{spec!r}: a shape is positive sizes joined by x, like 32x256", param_hint=hint
+        )
+    return dims
+
+
+def _check_runs(model: Any, inputs: list[Any], what: str) -> None:
+    """Run ``model`` eagerly on ``inputs`` once: a model that cannot take them is a one-line
+    error here, not a Dynamo traceback later."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    except Exception as exc:  # the user's model rejects these inputs: say which, in one line
+        shapes = " ".join("x".join(map(str, x.shape)) for x in inputs if hasattr(x, "shape"))
+        message = (str(exc).strip().splitlines() or [""])[0][:300]
+        hint = ""
+        if isinstance(model, torch.fx.GraphModule) or "Expected input at" in message:
+            hint = (
+                " (an ExportedProgram only takes the shapes it was exported for; export with "
+                "dynamic_shapes to serve others)"
+            )
+        raise click.ClickException(
+            f"the model fails on {what} {shapes}: {type(exc).__name__}: {message}{hint}"
+        ) from None
+
+
 def _parse_input(spec: str) -> Any:
     """``32x256`` (float32) or ``1x128:int64`` (random integers 0..99) -> a random tensor."""
     import torch
 
     shape_text, _, dtype_text = spec.partition(":")
-    try:
-        shape = [int(d) for d in shape_text.lower().split("x") if d]
-    except ValueError:
-        raise click.BadParameter(
-            f"{spec!r}: shape must look like 32x256", param_hint="--input"
-        ) from None
+    shape = _dims(spec, shape_text, "--input")
     dtype = getattr(torch, dtype_text or "float32", None)
     if not isinstance(dtype, torch.dtype):
         raise click.BadParameter(f"{spec!r}: unknown dtype {dtype_text!r}", param_hint="--input")
@@ -714,6 +744,9 @@ def tune(
     )
     if trials < 1:
         raise click.BadParameter("must be >= 1", param_hint="--trials")
+    from torch_rc.options import Options
+
+    Options.resolve(options)  # bad options (flags or TORCH_RC_*) fail before any work
     import torch_rc
 
     if tir:
@@ -739,7 +772,9 @@ def tune(
             raise click.UsageError("give MODEL (package.module:factory) or --tir FILE; see --help")
         if not inputs:
             raise click.UsageError("give at least one --input SHAPE[:DTYPE] for MODEL")
-        placed, examples = _place(_load_model(model), [_parse_input(i) for i in inputs], device)
+        examples = [_parse_input(i) for i in inputs]
+        placed, examples = _place(_load_any_model(model), examples, device)
+        _check_runs(placed, examples, "--input")
         report = torch_rc.tune(placed, examples, trials=trials, options=options)
         runs = report.runs
         if report.max_abs_error is not None:
@@ -829,15 +864,7 @@ def _load_any_model(spec: str) -> Any:
 
 def _parse_bucket(spec: str) -> list[tuple[int, ...]]:
     """``1x128`` or ``1x128,1x128`` (one shape per tensor input; dtypes come from --input)."""
-    shapes = []
-    for part in spec.split(","):
-        try:
-            shapes.append(tuple(int(d) for d in part.split(":")[0].lower().split("x") if d))
-        except ValueError:
-            raise click.BadParameter(
-                f"{spec!r}: a bucket looks like 1x128 or 1x128,1x128", param_hint="--bucket"
-            ) from None
-    return shapes
+    return [tuple(_dims(spec, part.split(":")[0], "--bucket")) for part in spec.split(",")]
 
 
 @main.command()
@@ -926,7 +953,17 @@ def warmup(
     options = _location_options(
         cache_dir=cache_dir, cache_url=cache_url, llm_url=llm_url, llm_model=llm_model
     )
+    from torch_rc.options import Options
+
+    Options.resolve(options)  # bad options (flags or TORCH_RC_*) fail before any work
     loaded, examples = _place(_load_any_model(model), examples, device)
+    from torch_rc.serving import inputs_like
+
+    for bucket in shapes:
+        try:
+            _check_runs(loaded, inputs_like(examples, bucket), "bucket")
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--bucket") from None
 
     def progress(done: int, total: int, result: Any) -> None:
         error = "-" if result.max_abs_error is None else f"{result.max_abs_error:.1e}"
