@@ -249,3 +249,33 @@ def test_one_store_per_location_in_a_process(tmp_path):
     where = str(blocker / "cache" / "store.sqlite")
     first = store_for(where)
     assert first.degraded and store_for(where) is first
+
+
+def test_verify_and_serving_never_run_a_crafted_payload(tmp_path, target):
+    from torch_rc.serving import ServingModel
+
+    marker = tmp_path / "pwned"
+    store = SQLiteStore(tmp_path / "c" / "store.sqlite")
+    parts = {**environment_parts(target), "graph": "g"}
+    store.put_artifact(KeyDetails("artifact", parts), pickle.dumps(_Marker(marker)), {})
+    result = CliRunner().invoke(main, ["cache", "--cache-dir", str(tmp_path / "c"), "verify"])
+    assert result.exit_code == 1 and "not a torch_rc artifact" in result.output
+    path = tmp_path / "crafted.trc"
+    with tarfile.open(path, "w:gz") as tar:
+        data = pickle.dumps(_Marker(marker))
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(CacheError):
+        ServingModel(lambda x: x, [], [], bundle=str(path), options={"cache_dir": str(tmp_path)})
+    assert not marker.exists()
+
+
+def test_credentials_never_reach_artifacts_or_bundles():
+    from torch_rc.backends.artifact import options_dict
+
+    options = Options.resolve(
+        {"llm_base_url": "https://user:hunter2@llm.example/v1?api-key=sk-abc&x=1"}
+    )
+    stored = json.dumps(options_dict(options))
+    assert "hunter2" not in stored and "sk-abc" not in stored and "llm.example/v1" in stored
