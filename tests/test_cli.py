@@ -190,7 +190,7 @@ def test_tune_and_report_name_bad_input(tmp_path, monkeypatch):
     result = runner.invoke(main, ["tune", "os:path", "--input", "4x4"])
     assert result.exit_code == 2 and "neither a model nor a factory" in result.output
     result = runner.invoke(main, ["tune", "torch.nn:Identity", "--input", "4xfour"])
-    assert result.exit_code == 2 and "shape must look like 32x256" in result.output
+    assert result.exit_code == 2 and "a shape is positive sizes joined by x" in result.output
     (tmp_path / "bad.py").write_text("this is not TVMScript")
     result = runner.invoke(main, ["tune", "--tir", str(tmp_path / "bad.py")])
     assert result.exit_code == 2 and "not a TVMScript IRModule" in result.output

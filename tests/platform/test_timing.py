@@ -41,10 +41,11 @@ def test_a_baseline_slowed_down_on_most_rounds_is_not_a_final_win():
     # slowed 20x on a random 60% of its runs while both sides really cost the same: the median
     # ratio alone would call the candidate 20x faster; the ratios' spread marks it noisy.
     rng = random.Random(0)
-    fast = busy(1e-4)
+    fast = busy(5e-4)  # long enough that call overheads stay well under the 5% margin
+    slow = busy(1e-2)
 
     def sometimes_slow(*args):
-        (busy(2e-3) if rng.random() < 0.6 else fast)(*args)
+        (slow if rng.random() < 0.6 else fast)(*args)
 
     for _ in range(5):  # whatever share of the rounds the slowdown lands on
         result = compare(sometimes_slow, fast, (), min_rounds=10, max_rounds=40, budget_s=3.0)
@@ -74,3 +75,32 @@ def test_median_interval_is_distribution_free_order_statistics():
 def test_spread_is_the_relative_interquartile_range():
     assert spread([1.0, 1.0, 1.0, 1.0]) == 0.0
     assert spread([1, 2, 3, 4, 5]) == pytest.approx(2 / 3)
+
+
+def test_a_busy_neighbour_makes_any_verdict_provisional():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    from torch_rc.platform.timing import CONTENDED_CORES, compare
+
+    x = torch.randn(128, 128)
+    quiet_fast = compare(lambda a: a @ a @ a, lambda a: a @ a, [x])
+    spinners = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 1)
+    ]
+    try:
+        time.sleep(0.3)
+        contended = compare(lambda a: a @ a @ a, lambda a: a @ a, [x])
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    # Neighbours spinning every core are seen, and nothing decided meanwhile is final.
+    assert contended.others_cores > CONTENDED_CORES and contended.noisy
+    assert not contended.decided and "other processes busy" in contended.describe("a", "b")
+    assert quiet_fast.others_cores >= 0.0

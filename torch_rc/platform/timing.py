@@ -24,14 +24,22 @@ The verdict is ``"candidate"`` for a robust win; ``"baseline"`` when the candida
 not that much faster; otherwise ``"undecided"``. An undecided or noisy comparison is *provisional*: callers run the
 baseline and do not treat the choice as final (see :mod:`torch_rc.backends.decisions`).
 
+Other processes' CPU use is measured over the timed rounds too (the machine's busy CPU time
+minus this process's own): when others kept more than :data:`CONTENDED_CORES` cores busy on
+average, the verdict is marked noisy whatever the ratios say. A busy neighbour on a 2-core machine
+slows the two sides unequally (they use different thread pools), so a consistent-looking verdict
+taken then is still not one to keep for good.
+
 CUDA work is asynchronous, so each timed call is bracketed by a synchronisation of the inputs'
 devices (the times are the work, not the launch).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +50,7 @@ import torch
 
 __all__ = [
     "Comparison",
+    "CONTENDED_CORES",
     "NOISY_SPREAD",
     "compare",
     "cuda_devices",
@@ -52,6 +61,13 @@ __all__ = [
 # Relative interquartile range of the paired ratios above which timings are too noisy to decide
 # (quiet: 0.02-0.35 for calls of 50 us to 1 ms; a busy neighbour: up to ~6).
 NOISY_SPREAD = 0.5
+# Cores other processes kept busy, on average over the timed rounds, above which a verdict is
+# not trusted (a quiet 2-core machine: under 0.1; one spinning neighbour beside a 2-thread
+# comparison: 0.5-0.9).
+CONTENDED_CORES = 0.3
+# Rounds go on at least this long (within half the budget), so that the load of other processes
+# is measured over a window much longer than the kernel's 10 ms accounting tick.
+MIN_OBSERVE_S = 0.15
 # Two-sided normal quantile for a 95% interval.
 _Z95 = 1.959964
 
@@ -72,6 +88,8 @@ class Comparison:
         noisy: A median win that is not robust, or another verdict taken with ``spread`` above
             :data:`NOISY_SPREAD`.
         min_ratio: Fastest candidate run / fastest baseline run.
+        others_cores: Cores other processes kept busy, on average, while the rounds ran (NaN
+            when it could not be measured).
     """
 
     baseline_ms: float
@@ -84,6 +102,7 @@ class Comparison:
     verdict: str
     noisy: bool
     min_ratio: float = math.nan
+    others_cores: float = math.nan
 
     @property
     def decided(self) -> bool:
@@ -95,7 +114,13 @@ class Comparison:
         return (
             f"{candidate} {self.candidate_ms:.3f} ms vs {baseline} {self.baseline_ms:.3f} ms "
             f"(ratio {self.ratio:.2f}, 95% [{self.low:.2f}, {self.high:.2f}], spread "
-            f"{self.spread:.2f}, {self.rounds} rounds{', noisy' if self.noisy else ''})"
+            f"{self.spread:.2f}, {self.rounds} rounds{', noisy' if self.noisy else ''}"
+            + (
+                f", other processes busy on {self.others_cores:.1f} cores"
+                if self.others_cores > CONTENDED_CORES
+                else ""
+            )
+            + ")"
         )
 
 
@@ -180,12 +205,54 @@ def compare(
     gc.collect()
     collecting = gc.isenabled()
     gc.disable()
+    load = _Load()
     try:
         _rounds(timed, baseline, candidate, base, cand, margin, min_rounds, max_rounds, budget_s)
     finally:
         if collecting:
             gc.enable()
-    return _summarise(base, cand, margin)
+    others = load.others_cores()
+    result = _summarise(base, cand, margin)
+    contended = others > CONTENDED_CORES
+    return dataclasses.replace(result, others_cores=others, noisy=result.noisy or contended)
+
+
+class _Load:
+    """CPU time other processes used since this object was made (psutil's system-wide times
+    minus this process's own)."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.own = time.process_time()
+        self.busy = _busy_cpu_s()
+
+    def others_cores(self) -> float:
+        wall = time.monotonic() - self.start
+        busy = _busy_cpu_s()
+        if wall <= 0 or math.isnan(busy) or math.isnan(self.busy):
+            return math.nan
+        # The kernel counts system CPU time in ticks (10 ms) per CPU: allow one tick per CPU at
+        # each end, so that a short comparison is never "contended" by rounding alone.
+        slack = 2 * _TICK_S * (os.cpu_count() or 1)
+        others = (busy - self.busy) - (time.process_time() - self.own) - slack
+        return max(0.0, others) / wall
+
+
+try:
+    _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+except (AttributeError, ValueError, OSError):
+    _TICK_S = 0.01
+
+
+def _busy_cpu_s() -> float:
+    try:
+        import psutil
+
+        times = psutil.cpu_times()
+    except Exception:  # noqa: BLE001 - no reading on this platform: unknown, not busy
+        return math.nan
+    fields = ("user", "nice", "system", "irq", "softirq", "steal")
+    return sum(getattr(times, name, 0.0) for name in fields)
 
 
 def _rounds(
@@ -200,6 +267,7 @@ def _rounds(
     budget_s: float,
 ) -> None:
     deadline = time.monotonic() + budget_s
+    observe_until = time.monotonic() + min(MIN_OBSERVE_S, budget_s / 2)
     for round_index in range(max_rounds):
         if round_index % 2 == 0:
             base.append(timed(baseline))
@@ -208,6 +276,8 @@ def _rounds(
             cand.append(timed(candidate))
             base.append(timed(baseline))
         rounds = round_index + 1
+        if time.monotonic() < observe_until:
+            continue  # too short a window to see other processes' load (see _Load)
         if rounds >= min_rounds and _summarise(base, cand, margin).decided:
             break
         if rounds >= 3 and time.monotonic() > deadline:
