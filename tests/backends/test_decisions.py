@@ -141,3 +141,17 @@ def test_graph_that_mutates_inputs_is_never_rerun():
 def test_first_call_result_comes_from_the_compiled_graph():
     gate, _ = _gate(lambda: torch.ones(1), lambda: torch.zeros(1))
     assert float(gate()) == 1.0
+
+
+def test_a_provisional_choice_is_measured_again_in_the_same_process(monkeypatch):
+    import torch_rc.backends.gate as gate_module
+
+    verdicts = iter([comparison("candidate", noisy=True), comparison("candidate")])
+    monkeypatch.setattr(gate_module, "compare", lambda *a, **k: next(verdicts))
+    gate, report = _gate(busy(0, "c"), busy(0, "e"))
+    assert gate() == "c"  # the first call runs the compiled graph, then chooses
+    assert (report.choice, report.decision.state) == ("eager", "provisional")
+    outputs = [gate() for _ in range(gate_module.REMEASURE_AFTER + 4)]
+    assert outputs[0] == "e" and outputs[-1] == "c" and gate.remeasured == 1
+    assert (report.choice, report.decision.state) == ("compiled", "final")
+    assert gate.calls()["compiled"] == 4  # counted from the switch on

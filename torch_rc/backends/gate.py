@@ -6,7 +6,10 @@ kernels. So on the first call the compiled graph is also timed against the origi
 run eagerly (:func:`torch_rc.platform.timing.compare`), and the compiled graph is kept only on a
 clear, quiet win (:mod:`torch_rc.backends.decisions`); a provisional or losing comparison keeps
 the original graph. A cached "compiled" decision is re-checked with a few rounds and measured
-again if it looks wrong or was timed elsewhere. Graphs that mutate inputs or draw random numbers
+again if it looks wrong or was timed elsewhere. A provisional decision (timings too noisy or too
+close, or other processes busy) runs the original graph and is measured again in this process
+after :data:`REMEASURE_AFTER` calls (then 4x and 16x as many), so a busy moment at the first call
+does not cost the speed-up for the life of a serving process. Graphs that mutate inputs or draw random numbers
 are never re-run for timing (that would change the user's state): they keep the compiled version.
 """
 
@@ -23,7 +26,11 @@ from torch_rc.backends.select import Counted, recheck
 from torch_rc.options import Options
 from torch_rc.platform.timing import compare
 
-__all__ = ["GraphGate"]
+__all__ = ["GraphGate", "REMEASURE_AFTER"]
+
+# Calls after which a provisional choice is timed again (then 4x, 16x as many; three tries).
+REMEASURE_AFTER = 64
+_REMEASURE_TRIES = 3
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +58,7 @@ class GraphGate:
         self.machine = machine
         self.preset = preset
         self._dispatch = FirstCallDispatch()
+        self.remeasured = 0  # provisional decisions measured again in this process
 
     def __call__(self, *args: Any) -> Any:
         return self._dispatch.dispatch(args, self._first_call)
@@ -96,6 +104,11 @@ class GraphGate:
                 self.report.index,
                 preset.why_stale(self.machine),
             )
+        self._measure(args)
+        return result
+
+    def _measure(self, args: tuple[Any, ...]) -> None:
+        compiled, eager = self.compiled_side.fn, self.eager_side.fn
         comparison = compare(
             eager,
             compiled,
@@ -119,6 +132,12 @@ class GraphGate:
         logger.info(
             "torch_rc: graph %d runs %s: %s", self.report.index, decision.choice, decision.reason
         )
+
+    def _remeasure(self, args: tuple[Any, ...]) -> Any:
+        """Time a provisional choice again (on this call's inputs); returns this call's result."""
+        self.remeasured += 1
+        result = self.eager_side(*args)
+        self._measure(args)
         return result
 
     def _choose(self, decision: Decision, reason: str = "") -> None:
@@ -129,4 +148,20 @@ class GraphGate:
         if timing is not None and self.report.eager_ms is None:
             self.report.eager_ms, self.report.compiled_ms = timing.baseline_ms, timing.candidate_ms
         side = self.compiled_side if decision.choice == "compiled" else self.eager_side
+        if decision.state == "provisional" and self.remeasured < _REMEASURE_TRIES:
+            side = _Remeasure(side, REMEASURE_AFTER * 4**self.remeasured, self._remeasure)
         self._dispatch.choose(side)
+
+
+class _Remeasure:
+    """Runs ``side`` (counting on it) and, on the ``after``-th call, hands the call to
+    ``remeasure`` instead (which chooses again)."""
+
+    def __init__(self, side: Counted, after: int, remeasure: Callable[..., Any]) -> None:
+        self.side, self.left, self.remeasure = side, after, remeasure
+
+    def __call__(self, *args: Any) -> Any:
+        self.left -= 1
+        if self.left <= 0:
+            return self.remeasure(args)
+        return self.side(*args)
