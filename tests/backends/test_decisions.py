@@ -155,3 +155,45 @@ def test_a_provisional_choice_is_measured_again_in_the_same_process(monkeypatch)
     assert outputs[0] == "e" and outputs[-1] == "c" and gate.remeasured == 1
     assert (report.choice, report.decision.state) == ("compiled", "final")
     assert gate.calls()["compiled"] == 4  # counted from the switch on
+
+
+def test_provisional_partitions_are_measured_again_with_the_graph(monkeypatch):
+    """Every partition's first timing was provisional (a busy machine): the graph runs eager, and
+    after REMEASURE_AFTER calls both the partitions and the graph are timed again."""
+    import torch
+
+    import torch_rc.backends.gate as gate_module
+    import torch_rc.backends.select as select_module
+    from torch_rc.backends.dynamo import compile_graph
+
+    verdicts = {"partition": iter([comparison("candidate", noisy=True)])}
+    real_compare = select_module.compare
+
+    def partition_compare(*args, **kwargs):
+        return next(verdicts["partition"], None) or real_compare(*args, **kwargs)
+
+    monkeypatch.setattr(select_module, "compare", partition_compare)
+    monkeypatch.setattr(
+        gate_module, "compare", lambda *a, **k: comparison("candidate")
+    )  # the graph, once its partition runs on TVM, wins
+    monkeypatch.setattr(select_module, "recheck", lambda *a, **k: True)
+    made = []
+
+    def backend(gm, example_inputs):
+        compiled, report = compile_graph(gm, example_inputs, Options(cache=False))
+        made.append((compiled, report))
+        return compiled
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 8))
+    x = torch.randn(8, 64)
+    fn = torch.compile(model, backend=backend)
+    with torch.no_grad():
+        fn(x)
+        ((compiled, report),) = made
+        assert report.decision.state == "provisional" and report.choice == "eager"
+        for _ in range(gate_module.REMEASURE_AFTER + 2):
+            out = fn(x)
+        torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-4)
+    assert compiled.gate.remeasured == 1
+    assert [p.decision.state for p in report.partitions] == ["final"] * len(report.partitions)
+    assert report.choice == "compiled"

@@ -394,7 +394,15 @@ def _compile(
         isinstance(value, torch.Tensor) and value.requires_grad for value in example_inputs
     )
     report.rerun_safe = report.rerun_safe and not needs_grad
-    gate = GraphGate(compiled, gm.forward, report, options, machine, graph_decision)
+    gate = GraphGate(
+        compiled,
+        gm.forward,
+        report,
+        options,
+        machine,
+        graph_decision,
+        partitions=list(compiled_graph.partitions.values()),
+    )
     compiled_graph.gate = gate
     return gate, report
 

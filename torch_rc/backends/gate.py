@@ -16,7 +16,7 @@ are never re-run for timing (that would change the user's state): they keep the 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch_rc.backends.compiler import GraphReport
@@ -49,8 +49,10 @@ class GraphGate:
         options: Options,
         machine: Machine,
         preset: Decision | None = None,
+        partitions: Sequence[Any] = (),
     ) -> None:
-        """``preset`` is an earlier run's decision, from the cache."""
+        """``preset`` is an earlier run's decision, from the cache; ``partitions`` are the
+        graph's SelectingPartitions (re-opened when their choices were provisional)."""
         self.compiled_side = Counted(compiled, "compiled")
         self.eager_side = Counted(eager, "eager")
         self.report = report
@@ -59,6 +61,7 @@ class GraphGate:
         self.preset = preset
         self._dispatch = FirstCallDispatch()
         self.remeasured = 0  # provisional decisions measured again in this process
+        self.partitions = list(partitions)
 
     def __call__(self, *args: Any) -> Any:
         return self._dispatch.dispatch(args, self._first_call)
@@ -75,20 +78,19 @@ class GraphGate:
             return result
         if self.report.executed_ops == 0:
             reason = "no partition runs on TVM; the original graph skips decomposition overhead"
-            timed = any(
-                p.decision is not None and p.decision.state != "fixed"
-                for p in self.report.partitions
+            states = {p.decision.state for p in self.report.partitions if p.decision is not None}
+            # Follows the partitions' choices: as valid as they are (timed ones hold here only,
+            # provisional ones are measured again).
+            state = (
+                "provisional"
+                if "provisional" in states
+                else ("final" if "final" in states else "fixed")
             )
-            # Follows the partitions' choices: as valid as they are (timed ones hold here only).
             decision = (
                 Decision(
-                    "eager",
-                    "final",
-                    reason,
-                    target=self.machine.target,
-                    threads=self.machine.threads,
+                    "eager", state, reason, target=self.machine.target, threads=self.machine.threads
                 )
-                if timed
+                if state != "fixed"
                 else Decision("eager", "fixed", reason)
             )
             self._choose(decision)
@@ -134,11 +136,15 @@ class GraphGate:
         )
 
     def _remeasure(self, args: tuple[Any, ...]) -> Any:
-        """Time a provisional choice again (on this call's inputs); returns this call's result."""
+        """Take a provisional choice again on this call's inputs: the partitions whose own
+        choices were provisional time both sides anew, then the graph is compared with eager
+        (or follows them). Returns this call's result."""
         self.remeasured += 1
-        result = self.eager_side(*args)
-        self._measure(args)
-        return result
+        self.preset = None
+        self.report.choice = "pending"  # undecided again (executed_ops reads it)
+        for partition in self.partitions:
+            partition.reopen()
+        return self._first_call(args)
 
     def _choose(self, decision: Decision, reason: str = "") -> None:
         self.report.decision = decision

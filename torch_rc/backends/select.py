@@ -143,6 +143,7 @@ class SelectingPartition(torch.nn.Module):
         self._attr = ""
         self._dispatch = FirstCallDispatch()
         self._counted_from = {"tvm": 0, "torch": 0}
+        self._verified = False
         if kernel is None:
             self._choose_fn(self.torch_side)
 
@@ -168,6 +169,19 @@ class SelectingPartition(torch.nn.Module):
     def forward(self, *args: Any) -> Any:
         return self._dispatch.dispatch(args, self._first_call)
 
+    def reopen(self) -> bool:
+        """Make a provisional choice undecided again: the next call times both sides anew
+        (without verifying again). Returns whether it was provisional."""
+        decision = self.report.decision
+        if self.kernel is None or decision is None or decision.state != "provisional":
+            return False
+        self.preset = None
+        self._verified = True
+        self._dispatch.chosen = None
+        if self._parent is not None:
+            self._parent.__dict__.pop(self._attr, None)  # calls go through forward() again
+        return True
+
     # ----------------------------------------------------------------------- first call
     def _first_call(self, args: tuple[Any, ...]) -> Any:
         kernel = self.kernel
@@ -185,7 +199,7 @@ class SelectingPartition(torch.nn.Module):
             return self._fixed(
                 "failed", f"TVM kernel failed on its first call: {message}", expected
             )
-        if self.options.verify:
+        if self.options.verify and not self._verified:
             problem = self._verify(kernel, args, expected, actual)
             if problem:
                 if self.options.strict:
