@@ -71,3 +71,17 @@ def test_fresh_analysis_never_tunes_unless_asked(tmp_path):
     )
     assert report.mode == "fresh analysis"
     assert all(graph.tuning is None for graph in report.graphs)
+
+
+def test_explain_names_each_matrix_products_choice_and_tuned_kernels():
+    from torch_rc.backends.compiler import GraphReport, PartitionReport
+    from torch_rc.explain import CoverageReport
+
+    graph = GraphReport(index=0, target="llvm")
+    part = PartitionReport("p", 3, status="tvm")
+    part.library = ["16x512x1024 +gelu: library (library 0.420 ms vs TVM 0.590 ms ...)"]
+    graph.partitions.append(part)
+    graph.tuned_kernels = 2
+    text = str(CoverageReport([graph]))
+    assert "matrix product 16x512x1024 +gelu: library" in text
+    assert "kernels built from tuned records: 2" in text

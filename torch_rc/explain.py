@@ -139,6 +139,10 @@ class CoverageReport:
                     f"  {part.name}: {part.num_ops} ops -> {part.status} ({_state(part.decision)}): "
                     f"{part.reason}{_counts(parts.get(part.name))}"
                 )
+                for line in part.library:
+                    yield f"    matrix product {line}"
+            if graph.tuned_kernels:
+                yield f"  kernels built from tuned records: {graph.tuned_kernels}"
 
     def __str__(self) -> str:
         lines = [self.summary(), *self._lines()]
@@ -193,6 +197,24 @@ class CoverageReport:
                     escape(part.reason),
                 )
         console.print(parts)
+        products = [
+            (graph.index, part.name, line)
+            for graph in self.graphs
+            for part in graph.partitions
+            for line in part.library
+        ]
+        if products:
+            # Each large matrix product inside a TVM partition: PyTorch's library kernel or the
+            # TVM kernel (tuned where the cache has a record), as timed when it was built.
+            table = Table(
+                "graph", "partition", "product: runs as (timing)", title="Matrix products"
+            )
+            for index, name, line in products:
+                table.add_row(str(index), name, escape(line))
+            console.print(table)
+        tuned = sum(graph.tuned_kernels for graph in self.graphs)
+        if tuned:
+            console.print(f"kernels built from tuned records: {tuned}")
         fallbacks = self.fallbacks()
         if fallbacks:
             table = Table("ATen op", "count", "reason", title="Ops running in PyTorch")
