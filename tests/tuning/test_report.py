@@ -14,6 +14,7 @@ RUN = {
     "seconds": 3.0,
     "interrupted": False,
     "hardware": "CPU",
+    "projected": {"default_s": 6e-4, "tuned_s": 2e-4},
     "tasks": [
         {
             "name": "fused_matmul",
@@ -76,6 +77,7 @@ def test_report_shows_results_path_rationale_and_pool_accounting(tmp_path):
     print_run(RUN, console)
     text = console.export_text()
     assert "2.00x" in text and "vectorise j" in text and "[llm:small] set d7" in text
+    assert "0.6000 ms with default schedules -> 0.2000 ms tuned (3.00x)" in text
     assert "model pool" in text and "67%" in text and "1 (1)" in text and "50%" in text
     assert plot_run(RUN, tmp_path / "c.png") == 1
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

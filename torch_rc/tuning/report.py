@@ -46,6 +46,14 @@ def print_run(run: dict[str, Any], console: Console, steps: int = 8) -> None:
         + (" [yellow](interrupted)[/]" if run.get("interrupted") else "")
     )
     console.print(run.get("hardware", ""))
+    projected = run.get("projected") or {}
+    if projected.get("default_s") and projected.get("tuned_s"):
+        before, after = projected["default_s"], projected["tuned_s"]
+        console.print(
+            f"kernel time per inference (each kernel's latency x its calls per inference): "
+            f"{_ms(before)} ms with default schedules -> {_ms(after)} ms tuned "
+            f"({before / after:.2f}x)"
+        )
     table = Table(
         "kernel",
         "status",
