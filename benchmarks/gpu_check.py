@@ -58,7 +58,7 @@ def device_info() -> dict:
         "cuda_available": torch.cuda.is_available(),
     }
     if torch.cuda.is_available():
-        from torch_rc.backends.target import GPUProperties
+        from torch_rc.platform.target import GPUProperties
 
         gpu = GPUProperties.from_torch(0)
         info.update(
@@ -262,8 +262,8 @@ def main() -> int:
     result: dict = {"device": device_info()}
     print(json.dumps(result["device"], indent=1), flush=True)
 
-    from torch_rc.backends.target import KNOWN_GPUS, TargetInfo, detect_target, gpu_target_key
     from torch_rc.options import Options
+    from torch_rc.platform.target import KNOWN_GPUS, TargetInfo, detect_target, gpu_target_key
 
     gpu = torch.cuda.is_available()
     if gpu:

@@ -19,14 +19,14 @@ import statistics
 import time
 from pathlib import Path
 
-from torch_rc.tuning.hardware import host_hardware
+from torch_rc.platform.hardware import host_hardware
+from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.llm_client import LLMClient, LLMConfig
 from torch_rc.tuning.llm_proposer import LLMProposer
 from torch_rc.tuning.measure import Measurer
 from torch_rc.tuning.rules import RuleProposer
 from torch_rc.tuning.space import DesignSpace
 from torch_rc.tuning.tuner import measure_untuned, tune_workload
-from torch_rc.tvm_shim import tvm_api
 
 CHECKPOINTS = (8, 16, 32, 64, 128, 256)
 

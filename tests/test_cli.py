@@ -8,12 +8,12 @@ import torch
 from click.testing import CliRunner
 
 from torch_rc.backends.decisions import Decision
-from torch_rc.backends.target import host_target_key
 from torch_rc.cache.keys import KeyDetails, environment_parts
 from torch_rc.cache.records import Check, TuningRecord
 from torch_rc.cache.store import SQLiteStore
 from torch_rc.cli import main
 from torch_rc.options import Options
+from torch_rc.platform.target import host_target_key
 
 CHECK = Check("pytorch", 1e-4, 1e-4, 0.0, True)
 
@@ -221,7 +221,7 @@ def test_tune_a_tir_workload(tmp_path):
 
 
 def test_bundle_warmed_on_one_gpu_kind_is_refused_on_another(tmp_path, monkeypatch):
-    import torch_rc.backends.target as target
+    import torch_rc.platform.target as target
 
     h100, a100 = (target.gpu_target_key(target.KNOWN_GPUS[g]) for g in ("h100", "a100"))
     fill(tmp_path / "src", h100)

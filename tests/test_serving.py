@@ -87,7 +87,7 @@ def test_bad_bundles_are_clear_errors_and_write_nothing(warmed, tmp_path):
 
 def test_bundle_for_another_target_is_refused(warmed, tmp_path, monkeypatch):
     root, _ = warmed
-    import torch_rc.backends.target as target
+    import torch_rc.platform.target as target
 
     monkeypatch.setattr(target, "host_target_key", lambda options: "llvm-some-other-cpu")
     with pytest.raises(CacheError, match="nothing usable here"):

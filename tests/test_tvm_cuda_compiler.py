@@ -6,7 +6,7 @@ import os
 import pytest
 
 from torch_rc.errors import TVMVersionError
-from torch_rc.tvm_shim import prepare_cuda_compiler
+from torch_rc.platform.tvm_shim import prepare_cuda_compiler
 
 pick = prepare_cuda_compiler.__wrapped__  # uncached, so each test sees its own environment
 

@@ -4,6 +4,7 @@ Use it with ``torch.compile(model, backend="reasoning")``; no import of this pac
 torch finds the backend through the ``torch_dynamo_backends`` entry point.
 """
 
+from torch_rc.api import TuneReport, tune, tune_tir
 from torch_rc.errors import (
     BuildError,
     InputMismatchError,
@@ -16,7 +17,6 @@ from torch_rc.errors import (
 )
 from torch_rc.explain import CoverageReport, explain
 from torch_rc.options import Options
-from torch_rc.tuning.api import TuneReport, tune, tune_tir
 
 __version__ = "0.1.0"
 

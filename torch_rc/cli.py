@@ -81,8 +81,8 @@ def _ring() -> Any:
 
 
 def _local_targets() -> list[str]:
-    from torch_rc.backends.target import local_target_keys
     from torch_rc.options import Options
+    from torch_rc.platform.target import local_target_keys
 
     return local_target_keys(Options.resolve())
 
@@ -183,7 +183,7 @@ def cache(ctx: click.Context, cache_dir: str | None, cache_url: str | None) -> N
 def cache_ls(location: tuple[str | None, str | None], limit: int, as_json: bool) -> None:
     """List tuning records (best latency, samples, provenance) and compiled graphs (model,
     input shapes, main ops, and each first-call decision with its numbers and age)."""
-    from torch_rc.backends.target import describe_target_key
+    from torch_rc.platform.target import describe_target_key
 
     store = _store(location)
     records = store.all_records()[:limit]
@@ -752,7 +752,7 @@ def tune(
     if tir:
         if model:
             raise click.UsageError("give MODEL or --tir, not both")
-        from torch_rc.tvm_shim import tvm_api
+        from torch_rc.platform.tvm_shim import tvm_api
 
         try:
             mod = tvm_api().tvm.script.from_source(open(tir).read())

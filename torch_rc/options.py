@@ -14,8 +14,12 @@ import math
 import os
 from collections.abc import Mapping
 from typing import Any, Literal, get_args, get_origin
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import platformdirs
 
 from torch_rc.errors import OptionsError
+from torch_rc.llm_config import parse_pool
 
 __all__ = [
     "Options",
@@ -35,8 +39,6 @@ _SECRET_QUERY = frozenset(
 def redact_url(url: str) -> str:
     """``url`` without credentials: no ``user:password@``, and credential query parameters
     (``?api-key=...``) replaced by ``***``. What is stored, logged or exported."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -226,8 +228,6 @@ class Options:
         if self.tune_branching < 1:
             raise OptionsError(f"option 'tune_branching' must be >= 1, got {self.tune_branching}")
         if self.llm_models:
-            from torch_rc.tuning.pool import parse_pool
-
             try:
                 parse_pool(self.llm_models, environ={})
             except ValueError as exc:
@@ -298,12 +298,8 @@ class Options:
 
     def store_path(self) -> str:
         """The SQLite file of the persistent cache."""
-        import os.path
-
         if self.cache_dir:
             return os.path.join(os.path.expanduser(self.cache_dir), "store.sqlite")
-        import platformdirs
-
         return os.path.join(platformdirs.user_cache_dir("torch_rc"), "store.sqlite")
 
     def key_path(self) -> str:
@@ -312,8 +308,6 @@ class Options:
         key_dir = self.key_dir or os.environ.get(f"{ENV_PREFIX}KEY_DIR", "")
         if key_dir:
             return os.path.expanduser(key_dir)
-        import platformdirs
-
         return platformdirs.user_config_dir("torch_rc")
 
     def replace(self, **changes: Any) -> Options:

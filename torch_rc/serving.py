@@ -238,9 +238,9 @@ class ServingModel:
         self.import_summary = None
         if bundle:
             from torch_rc.backends.artifact import ring_of
-            from torch_rc.backends.target import local_target_keys
             from torch_rc.cache.bundle import describe_refusal, import_bundle
             from torch_rc.cache.store import store_for
+            from torch_rc.platform.target import local_target_keys
 
             local = local_target_keys(self.options)
             # The process's one store for the location: on a read-only location the import goes

@@ -60,7 +60,7 @@ SAVE_AND_LOAD = textwrap.dedent(
     else:
         with open(sys.argv[2], "rb") as f:
             fn = torch.compiler.load_compiled_function(f)
-        import torch_rc.backends.build as build
+        import torch_rc.passes.build as build
         def no_build(*a, **k):
             raise AssertionError("a loaded artifact must not run TVM code generation")
         build.build_executable = no_build

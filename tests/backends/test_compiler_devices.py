@@ -5,8 +5,8 @@ import torch.fx
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from torch_rc.backends.compiler import _device_mismatch
-from torch_rc.backends.target import KNOWN_GPUS, TargetInfo, detect_target, gpu_target_key
 from torch_rc.options import Options
+from torch_rc.platform.target import KNOWN_GPUS, TargetInfo, detect_target, gpu_target_key
 
 
 def call_with(*values):

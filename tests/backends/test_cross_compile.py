@@ -13,7 +13,7 @@ from torch_rc.backends.cross_compile import (
     nvcc_available,
     nvcc_compile,
 )
-from torch_rc.backends.target import KNOWN_GPUS, TargetInfo, gpu_target_key
+from torch_rc.platform.target import KNOWN_GPUS, TargetInfo, gpu_target_key
 
 from .models import SMALL_MODELS, TRANSFORMERS
 

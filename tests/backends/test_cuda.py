@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import torch_rc
-from torch_rc.backends.target import GPUProperties, detect_target, local_target_keys
 from torch_rc.options import Options
+from torch_rc.platform.target import GPUProperties, detect_target, local_target_keys
 from torch_rc.testing import STRICT_TVM, assert_matches_eager
 
 from .models import SMALL_MODELS, TRANSFORMERS, mlp
@@ -28,9 +28,9 @@ def on_gpu(factory):
 def cuda_kernel(fn, *example):
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from torch_rc.backends.build import build_executable
     from torch_rc.backends.lower import lower_partition
     from torch_rc.backends.runtime import TVMKernel
+    from torch_rc.passes.build import build_executable
 
     gm = make_fx(fn)(*example)
     values = [n.meta["val"] for n in gm.graph.nodes if n.op == "placeholder"]

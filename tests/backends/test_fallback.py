@@ -83,10 +83,10 @@ def test_input_of_other_shape_recompiles_through_guards():
 def _build_kernel(fn, *example, weights=()):
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from torch_rc.backends.build import build_executable
     from torch_rc.backends.lower import lower_partition
     from torch_rc.backends.runtime import KernelSignature, TVMKernel
-    from torch_rc.backends.target import detect_target
+    from torch_rc.passes.build import build_executable
+    from torch_rc.platform.target import detect_target
 
     gm = make_fx(fn)(*example)
     vals = [n.meta["val"] for n in gm.graph.nodes if n.op == "placeholder"]

@@ -1,7 +1,7 @@
 import torch
 
 from torch_rc.backends.support import tvm_converter_names
-from torch_rc.tvm_shim import tvm_api
+from torch_rc.platform.tvm_shim import tvm_api
 
 
 def test_checked_in_converter_table_matches_the_installed_tvm():

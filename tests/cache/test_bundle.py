@@ -13,7 +13,6 @@ import pytest
 from click.testing import CliRunner
 
 from torch_rc.backends.artifact import ARTIFACT_VERSION, ring_of, stored_kernels
-from torch_rc.backends.target import host_target_key
 from torch_rc.cache.bundle import BundleLimits, export_bundle, import_bundle, read_bundle
 from torch_rc.cache.keys import KeyDetails, environment_parts
 from torch_rc.cache.payload import pack
@@ -23,6 +22,7 @@ from torch_rc.cache.store import SQLiteStore, store_for
 from torch_rc.cli import main
 from torch_rc.errors import CacheError
 from torch_rc.options import Options
+from torch_rc.platform.target import host_target_key
 
 CHECK = Check("pytorch", 1e-4, 1e-4, 0.0, True)
 

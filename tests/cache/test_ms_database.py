@@ -5,8 +5,8 @@ import pytest
 from torch_rc.cache.ms_database import make_database
 from torch_rc.cache.store import SQLiteStore
 from torch_rc.errors import CacheError
+from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.verify import check_schedule
-from torch_rc.tvm_shim import tvm_api
 
 
 def _matmul(name="main", n=32):

@@ -6,8 +6,9 @@ import random
 import time
 
 import pytest
+import torch
 
-from torch_rc.platform.timing import NOISY_SPREAD, compare, median_interval, spread
+from torch_rc.platform.timing import NOISY_SPREAD, compare, cuda_devices, median_interval, spread
 
 
 def busy(seconds):
@@ -104,3 +105,13 @@ def test_a_busy_neighbour_makes_any_verdict_provisional():
     assert contended.others_cores > CONTENDED_CORES and contended.noisy
     assert not contended.decided and "other processes busy" in contended.describe("a", "b")
     assert quiet_fast.others_cores >= 0.0
+
+
+def test_cpu_inputs_have_no_cuda_devices_to_synchronise():
+    assert cuda_devices([torch.ones(1), 3, "x"]) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_inputs_are_synchronised():
+    x = torch.ones(1, device="cuda")
+    assert cuda_devices([x, x, torch.ones(1)]) == [x.device]

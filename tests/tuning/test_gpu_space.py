@@ -7,14 +7,14 @@ import pytest
 
 from tests.tuning.workloads import matmul
 from torch_rc.backends.cross_compile import cuda_sources, nvcc_available, nvcc_compile
-from torch_rc.backends.target import KNOWN_GPUS, TargetInfo, cuda_target_spec, gpu_target_key
-from torch_rc.tuning.hardware import gpu_hardware
+from torch_rc.platform.hardware import gpu_hardware
+from torch_rc.platform.target import KNOWN_GPUS, TargetInfo, cuda_target_spec, gpu_target_key
+from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.llm_client import LLMClient, LLMConfig
 from torch_rc.tuning.llm_proposer import LLMProposer
 from torch_rc.tuning.mcts import Context
 from torch_rc.tuning.rules import RuleProposer, rule_score
 from torch_rc.tuning.space import DesignSpace
-from torch_rc.tvm_shim import tvm_api
 
 H100 = KNOWN_GPUS["h100"]
 
@@ -93,12 +93,12 @@ def test_a_stored_gpu_record_schedules_the_cuda_build(tmp_path):
     import torch
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from torch_rc.backends.build import build_executable
     from torch_rc.backends.lower import lower_partition
     from torch_rc.cache.ms_database import make_database
     from torch_rc.cache.records import Check
     from torch_rc.cache.store import SQLiteStore
     from torch_rc.options import Options
+    from torch_rc.passes.build import build_executable
     from torch_rc.tuning.session import extract_tasks
 
     ms = tvm_api().s_tir.meta_schedule

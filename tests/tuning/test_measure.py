@@ -3,9 +3,9 @@ as values and never get a latency."""
 
 import pytest
 
+from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.measure import Measurer
 from torch_rc.tuning.verify import check_schedule
-from torch_rc.tvm_shim import tvm_api
 
 
 def _matmul(n=64, transpose_b=False):

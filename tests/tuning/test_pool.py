@@ -9,12 +9,12 @@ import pytest
 
 from tests.tuning.scripted_endpoint import scripted_endpoint
 from tests.tuning.workloads import matmul
-from torch_rc.tuning.hardware import host_hardware
+from torch_rc.platform.hardware import host_hardware
+from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.llm_client import LLMClient, LLMConfig
 from torch_rc.tuning.mcts import Context, Node
 from torch_rc.tuning.pool import PoolModel, PoolProposer, model_aware_select, parse_pool, phi_small
 from torch_rc.tuning.space import DesignSpace
-from torch_rc.tvm_shim import tvm_api
 
 
 @pytest.fixture(scope="module")

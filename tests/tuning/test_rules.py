@@ -3,11 +3,11 @@
 import random
 
 from tests.tuning.workloads import matmul
-from torch_rc.tuning.hardware import Hardware, host_hardware
+from torch_rc.platform.hardware import Hardware, host_hardware
+from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.mcts import Context
 from torch_rc.tuning.rules import RuleProposer, rule_score
 from torch_rc.tuning.space import DesignSpace
-from torch_rc.tvm_shim import tvm_api
 
 AVX2 = Hardware("test", 4, 32, 16, 32 * 1024, 512 * 1024, 8 * 1024**2, "AVX2")
 

@@ -3,9 +3,9 @@
 import pytest
 
 from tests.tuning.workloads import matmul
+from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.space import DesignSpace
 from torch_rc.tuning.verify import check_schedule
-from torch_rc.tvm_shim import tvm_api
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,13 @@
 import pytest
 
 from tests.tuning.workloads import matmul
-from torch_rc.tuning.hardware import host_hardware
+from torch_rc.platform.hardware import host_hardware
+from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.measure import Measurer
 from torch_rc.tuning.rules import RuleProposer
 from torch_rc.tuning.space import DesignSpace
 from torch_rc.tuning.tuner import measure_untuned, tune_workload
 from torch_rc.tuning.verify import check_schedule
-from torch_rc.tvm_shim import tvm_api
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Small TIR workloads for the tuning tests."""
 
-from torch_rc.tvm_shim import tvm_api
+from torch_rc.platform.tvm_shim import tvm_api
 
 
 def matmul(m: int = 64, n: int = 128, k: int = 128, relu: bool = False):

@@ -246,7 +246,7 @@ class CompiledGraph(SerializableCallable):
     def to_bytes(self, ring: KeyRing, *, with_graph: bool = False) -> bytes:
         """The signed stored form (see the module docstring); ``with_graph`` adds the pickled
         Dynamo graph (the AOT path)."""
-        from torch_rc.tvm_shim import tvm_api
+        from torch_rc.platform.tvm_shim import tvm_api
 
         api = tvm_api()
         blobs = {name: _blob(kernel) for name, kernel in self.kernels.items()}

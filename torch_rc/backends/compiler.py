@@ -12,16 +12,16 @@ from typing import Any
 import torch
 import torch.fx
 
-from torch_rc.backends.build import build_executable
 from torch_rc.backends.decisions import Decision, Machine
 from torch_rc.backends.lower import lower_partition, tensor_spec
 from torch_rc.backends.partition import FallbackNode, partition_graph
 from torch_rc.backends.runtime import KernelSignature, TVMKernel
 from torch_rc.backends.select import PartitionReport, SelectingPartition
 from torch_rc.backends.support import is_compute_node, qualified_name
-from torch_rc.backends.target import TargetInfo
 from torch_rc.errors import BuildError, LoweringError
 from torch_rc.options import Options
+from torch_rc.passes.build import build_executable
+from torch_rc.platform.target import TargetInfo
 
 __all__ = ["GraphReport", "compile_aten_graph"]
 
@@ -162,7 +162,7 @@ def compile_aten_graph(
 
             hardware = None
             if target.gpu is not None:
-                from torch_rc.tuning.hardware import gpu_hardware
+                from torch_rc.platform.hardware import gpu_hardware
 
                 hardware = gpu_hardware(target.gpu)
             run = tune_modules(
@@ -315,7 +315,7 @@ def tuning_database(options: Options, target: TargetInfo) -> Any:
     if not options.tuning and not store.stats().get("records", 0):
         return None
     from torch_rc.cache.ms_database import make_database
-    from torch_rc.tvm_shim import prepare_meta_schedule
+    from torch_rc.platform.tvm_shim import prepare_meta_schedule
 
     prepare_meta_schedule("cuda" if target.kind == "cuda" else "llvm")
     return make_database(store, target.key)

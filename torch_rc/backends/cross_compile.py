@@ -2,7 +2,7 @@
 
 The graph goes through the same Dynamo capture, AOTAutograd, partitioning, lowering and build as a
 real compile, for any :class:`TargetInfo` (e.g. an H100 described by
-:data:`torch_rc.backends.target.KNOWN_GPUS`), but nothing is loaded or run: the model runs
+:data:`torch_rc.platform.target.KNOWN_GPUS`), but nothing is loaded or run: the model runs
 eagerly. For CUDA targets the generated CUDA C source of every kernel can then be compiled with
 nvcc for the target's architecture (:func:`nvcc_compile`), which is what the CUDA runtime does with
 it when the module is loaded on the GPU (docs/tvm-facts.md). It answers "does this model build for
@@ -18,13 +18,13 @@ from typing import Any
 
 import torch
 
-from torch_rc.backends.build import build_executable
 from torch_rc.backends.decompositions import decomposition_table
 from torch_rc.backends.lower import lower_partition
 from torch_rc.backends.partition import partition_graph
-from torch_rc.backends.target import TargetInfo
 from torch_rc.errors import TorchRCError
 from torch_rc.options import Options
+from torch_rc.passes.build import build_executable
+from torch_rc.platform.target import TargetInfo
 
 __all__ = ["BuiltPartition", "cross_compile", "cuda_sources", "nvcc_available", "nvcc_compile"]
 

@@ -21,11 +21,11 @@ from torch_rc.backends.decompositions import decomposition_table
 from torch_rc.backends.gate import GraphGate
 from torch_rc.backends.select import Counted
 from torch_rc.backends.specialize import SpecializingGraph, has_symbolic_shapes
-from torch_rc.backends.target import detect_target, graph_device, target_key
 from torch_rc.cache.interface import TuningStore
 from torch_rc.cache.keys import artifact_key
 from torch_rc.cache.store import open_store
 from torch_rc.options import TUNING_OPTIONS, Options
+from torch_rc.platform.target import detect_target, graph_device, target_key
 from torch_rc.platform.threads import set_thread_cap
 
 __all__ = ["reasoning", "compile_graph"]
@@ -414,7 +414,7 @@ def _unsupported_device(device: torch.device) -> str:
     if device.type != "cuda":
         return f"{device.type} graphs run in PyTorch (torch_rc compiles for CPUs and CUDA GPUs)"
     from torch_rc.errors import TVMVersionError
-    from torch_rc.tvm_shim import prepare_cuda_compiler
+    from torch_rc.platform.tvm_shim import prepare_cuda_compiler
 
     try:
         prepare_cuda_compiler()

@@ -278,9 +278,9 @@ def _build(
     database: Any,
     library: Any,
 ) -> Any:
-    from torch_rc.backends.build import build_executable
     from torch_rc.backends.lower import lower_partition
     from torch_rc.backends.runtime import KernelSignature, TVMKernel
+    from torch_rc.passes.build import build_executable
 
     values = [n.meta["val"] for n in graph.graph.nodes if n.op == "placeholder"]
     lowered = lower_partition(graph, values, (), library)

@@ -11,7 +11,7 @@ import torch.fx
 from torch_rc.backends.converters import install as install_extra_converters
 from torch_rc.backends.library import emit_library_call
 from torch_rc.errors import LoweringError
-from torch_rc.tvm_shim import tvm_api
+from torch_rc.platform.tvm_shim import tvm_api
 
 __all__ = ["TensorSpec", "LoweredPartition", "lower_partition", "tensor_spec"]
 

@@ -68,7 +68,7 @@ class BundleLimits:
 
 def describe_refusal(summary: ImportSummary, local_targets: Collection[str]) -> str:
     """Why nothing in a bundle was usable, naming the bundle's targets and this machine's."""
-    from torch_rc.backends.target import describe_target_key
+    from torch_rc.platform.target import describe_target_key
 
     made_for = ", ".join(describe_target_key(t) for t in summary.targets if t) or "unknown"
     here = ", ".join(describe_target_key(t) for t in local_targets)

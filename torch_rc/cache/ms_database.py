@@ -19,7 +19,7 @@ from typing import Any
 from torch_rc.cache.interface import TuningStore
 from torch_rc.cache.keys import workload_key
 from torch_rc.cache.records import Check, TuningRecord
-from torch_rc.tvm_shim import tvm_api
+from torch_rc.platform.tvm_shim import tvm_api
 
 __all__ = ["make_database"]
 

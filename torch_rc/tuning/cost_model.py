@@ -13,10 +13,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from torch_rc.tuning.hardware import AnyHardware
+from torch_rc.platform.hardware import AnyHardware
+from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.rules import rule_score
 from torch_rc.tuning.space import DesignSpace, ScheduleState
-from torch_rc.tvm_shim import tvm_api
 
 __all__ = ["XGBCostModel", "make_xgb_model"]
 

@@ -25,8 +25,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from torch_rc.llm_config import LLMConfig
 
 __all__ = ["LLMConfig", "LLMClient", "Reply", "DIALECTS"]
 
@@ -34,42 +36,6 @@ logger = logging.getLogger(__name__)
 
 DIALECTS = ("json_schema", "json_object_schema", "json_object", "text")
 _MAX_BACKOFF_S = 20.0
-
-
-@dataclass(frozen=True)
-class LLMConfig:
-    """Where and how to ask a model.
-
-    Attributes:
-        base_url: The endpoint, e.g. ``http://127.0.0.1:8080/v1`` (empty: OpenAI's).
-        model: Model name sent with each request.
-        api_key: Secret; masked in repr, never logged or stored.
-        timeout_s: Per-request timeout.
-        retries: Backoff retries on 429 and 5xx.
-        max_tokens: Completion budget per call.
-        temperature: Sampling temperature.
-        mode: ``"values"`` (the model picks actions and concrete values) or ``"mutators"`` (only
-            mutator types; TVM draws the values, as in the paper's code).
-        ir_chars: The scheduled TIR in the prompt is trimmed to this many characters.
-        breaker_after: Failed calls in a row that open the circuit breaker.
-    """
-
-    base_url: str = ""
-    model: str = "gpt-4o-mini"
-    api_key: str = field(default="", repr=False)
-    timeout_s: float = 60.0
-    retries: int = 2
-    max_tokens: int = 512
-    temperature: float = 0.7
-    mode: str = "values"
-    ir_chars: int = 2500
-    breaker_after: int = 3
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("values", "mutators"):
-            raise ValueError(f"llm mode must be 'values' or 'mutators'; got {self.mode!r}")
-        if self.timeout_s <= 0:
-            raise ValueError(f"llm timeout_s must be positive; got {self.timeout_s}")
 
 
 @dataclass

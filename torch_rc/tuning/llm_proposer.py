@@ -23,7 +23,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from torch_rc.tuning.hardware import AnyHardware
+from torch_rc.platform.hardware import AnyHardware
 from torch_rc.tuning.llm_client import LLMClient
 from torch_rc.tuning.mcts import Context, Proposal
 from torch_rc.tuning.rules import RuleProposer

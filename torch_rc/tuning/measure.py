@@ -19,6 +19,7 @@ import torch
 
 from torch_rc.cache.keys import workload_key
 from torch_rc.cache.records import Check
+from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.verify import (
     compare,
     random_inputs,
@@ -26,7 +27,6 @@ from torch_rc.tuning.verify import (
     run_once,
     target_device,
 )
-from torch_rc.tvm_shim import tvm_api
 
 __all__ = ["Measurement", "Measurer"]
 

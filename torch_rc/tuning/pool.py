@@ -33,16 +33,15 @@ regression resets the count.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch_rc.tuning.hardware import AnyHardware
-from torch_rc.tuning.llm_client import LLMClient, LLMConfig
+from torch_rc.llm_config import PoolModel, parse_pool
+from torch_rc.platform.hardware import AnyHardware
+from torch_rc.tuning.llm_client import LLMClient
 from torch_rc.tuning.llm_proposer import LLMProposer, top_up
 from torch_rc.tuning.mcts import Context, Node, Proposal
 from torch_rc.tuning.rules import RuleProposer
@@ -51,92 +50,6 @@ from torch_rc.tuning.space import DesignSpace, ScheduleState
 __all__ = ["PoolModel", "PoolProposer", "parse_pool", "phi_small", "model_aware_select"]
 
 _EPS = 1e-9
-
-
-@dataclass(frozen=True)
-class PoolModel:
-    """One pool entry (see the module docstring for the JSON form)."""
-
-    name: str
-    config: LLMConfig
-    price_in: float = 0.0  # per 1k prompt tokens
-    price_out: float = 0.0  # per 1k completion tokens
-    size: float = 0.0
-    max_concurrency: int = 1
-
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return prompt_tokens / 1000 * self.price_in + completion_tokens / 1000 * self.price_out
-
-
-def parse_pool(
-    spec: Any,
-    *,
-    environ: dict[str, str] | None = None,
-    timeout_s: float = 60.0,
-    mode: str = "values",
-) -> list[PoolModel]:
-    """Pool entries from a JSON string, ``@file.json``, or a list of dicts.
-
-    Raises:
-        ValueError: Malformed JSON, a missing ``model``, duplicate names (the message says which).
-    """
-    env = os.environ if environ is None else environ
-    if isinstance(spec, str):
-        text = spec.strip()
-        if text.startswith("@"):
-            try:
-                text = open(text[1:]).read()
-            except OSError as exc:
-                raise ValueError(f"cannot read the LLM pool file {text[1:]}: {exc}") from None
-        try:
-            spec = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"the LLM pool is not valid JSON: {exc}") from None
-    if not isinstance(spec, list) or not spec:
-        raise ValueError("the LLM pool must be a non-empty JSON list of models")
-    out: list[PoolModel] = []
-    for index, entry in enumerate(spec):
-        if not isinstance(entry, dict) or not entry.get("model"):
-            raise ValueError(f"LLM pool entry {index} needs at least a 'model'")
-        unknown = set(entry) - {
-            "name",
-            "model",
-            "base_url",
-            "api_key_env",
-            "price_in",
-            "price_out",
-            "size",
-            "max_concurrency",
-            "temperature",
-            "max_tokens",
-        }
-        if unknown:
-            raise ValueError(f"LLM pool entry {index} has unknown keys {sorted(unknown)}")
-        config = LLMConfig(
-            base_url=str(entry.get("base_url", "")),
-            model=str(entry["model"]),
-            api_key=env.get(str(entry.get("api_key_env", "")), "")
-            if entry.get("api_key_env")
-            else "",
-            timeout_s=timeout_s,
-            mode=mode,
-            temperature=float(entry.get("temperature", 0.7)),
-            max_tokens=int(entry.get("max_tokens", 512)),
-        )
-        out.append(
-            PoolModel(
-                name=str(entry.get("name") or entry["model"]),
-                config=config,
-                price_in=float(entry.get("price_in", 0.0)),
-                price_out=float(entry.get("price_out", 0.0)),
-                size=float(entry.get("size", 0.0)),
-                max_concurrency=int(entry.get("max_concurrency", 1)),
-            )
-        )
-    names = [m.name for m in out]
-    if len(set(names)) != len(names):
-        raise ValueError(f"LLM pool model names must be unique; got {names}")
-    return out
 
 
 def _theta(models: Sequence[PoolModel]) -> dict[str, float]:

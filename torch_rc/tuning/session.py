@@ -24,14 +24,14 @@ from typing import Any
 
 from torch_rc.cache.keys import workload_key
 from torch_rc.options import Options
-from torch_rc.tuning.hardware import AnyHardware, host_hardware
+from torch_rc.platform.hardware import AnyHardware, host_hardware
+from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.measure import Measurer
 from torch_rc.tuning.progress import TuningDisplay
 from torch_rc.tuning.rules import RuleProposer
 from torch_rc.tuning.scheduler import Slot, TaskScheduler
 from torch_rc.tuning.space import DesignSpace
 from torch_rc.tuning.tuner import TaskSearch, TuneResult
-from torch_rc.tvm_shim import tvm_api
 
 __all__ = ["Task", "TuningRun", "extract_tasks", "tune_modules", "runs_dir"]
 
@@ -118,7 +118,7 @@ def runs_dir(options: Options) -> Path:
 def _legalized(mod: Any, target: Any) -> Any:
     """The fused kernels the build runs on every call (weight transforms, which run once per
     weights, are lifted out and not tuned)."""
-    from torch_rc.backends.build import legalize_and_fuse_passes, per_call_module
+    from torch_rc.passes.build import legalize_and_fuse_passes, per_call_module
 
     with target:
         return tvm_api().tvm.transform.Sequential(legalize_and_fuse_passes(target))(
@@ -130,7 +130,7 @@ def extract_tasks(mods: list[Any], target: Any) -> list[Task]:
     """The distinct fused TIR kernels of Relax modules, with weights and FLOP estimates."""
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    from torch_rc.tvm_shim import prepare_meta_schedule
+    from torch_rc.platform.tvm_shim import prepare_meta_schedule
 
     prepare_meta_schedule(str(target.kind.name))
     ms = tvm_api().s_tir.meta_schedule
@@ -240,7 +240,7 @@ def _tune_modules(
     for task in extra:
         from tvm.s_tir.analysis import estimate_tir_flops
 
-        from torch_rc.tvm_shim import prepare_meta_schedule
+        from torch_rc.platform.tvm_shim import prepare_meta_schedule
 
         prepare_meta_schedule(str(target.kind.name))
         task.key = workload_key(task.mod["main"])
@@ -392,7 +392,7 @@ def _conclude(task: Task, database: Any, target: Any, proposer: str) -> None:
 def _default_latency(mod: Any, measurer: Measurer) -> float | None:
     """Latency of ``mod`` with the default schedule (what an untuned build runs: torch_rc's CPU
     rule, or dlight's GPU rules)."""
-    from torch_rc.backends.schedule import default_schedule_pass, gpu_default_schedule_pass
+    from torch_rc.passes.schedule import default_schedule_pass, gpu_default_schedule_pass
 
     try:
         # dlight's ApplyDefaultSchedule changes its input module in place (docs/tvm-facts.md):

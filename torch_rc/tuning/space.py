@@ -24,7 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from torch_rc.tvm_shim import prepare_meta_schedule, tvm_api
+from torch_rc.platform.tvm_shim import prepare_meta_schedule, tvm_api
 
 __all__ = ["MUTATORS", "Decision", "DesignSpace", "ScheduleState"]
 

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch_rc.platform.hardware import AnyHardware
+from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.cost_model import XGBCostModel, make_xgb_model
-from torch_rc.tuning.hardware import AnyHardware
 from torch_rc.tuning.mcts import search
 from torch_rc.tuning.measure import Measurement, Measurer
 from torch_rc.tuning.space import DesignSpace, ScheduleState
-from torch_rc.tvm_shim import tvm_api
 
 __all__ = ["METHODS", "Step", "TaskSearch", "TuneResult", "tune_workload"]
 

@@ -10,7 +10,7 @@ import torch
 
 from torch_rc.cache.records import Check
 from torch_rc.numerics import tolerances
-from torch_rc.tvm_shim import tvm_api
+from torch_rc.platform.tvm_shim import tvm_api
 
 __all__ = [
     "check_schedule",

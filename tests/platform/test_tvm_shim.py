@@ -1,7 +1,7 @@
 import pytest
 
 from torch_rc.errors import TVMVersionError
-from torch_rc.tvm_shim import check_versions, tvm_api
+from torch_rc.platform.tvm_shim import check_versions, tvm_api
 
 
 def test_supported_versions_pass_and_api_resolves():
@@ -30,7 +30,7 @@ def test_meta_schedule_context_without_every_targets_intrinsics():
 
     code = (
         "import sys, time\n"
-        "from torch_rc.tvm_shim import tvm_api, prepare_meta_schedule\n"
+        "from torch_rc.platform.tvm_shim import tvm_api, prepare_meta_schedule\n"
         "api = tvm_api(); prepare_meta_schedule('llvm')\n"
         "te = api.tvm.te\n"
         "a = te.placeholder((64, 64), name='A'); b = te.placeholder((64, 64), name='B')\n"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch_rc.backends.schedule import default_schedule_pass, gpu_default_schedule_pass
-from torch_rc.backends.target import TargetInfo
 from torch_rc.errors import BuildError
 from torch_rc.options import Options
-from torch_rc.tvm_shim import tvm_api
+from torch_rc.passes.schedule import default_schedule_pass, gpu_default_schedule_pass
+from torch_rc.platform.target import TargetInfo
+from torch_rc.platform.tvm_shim import tvm_api
 
 __all__ = [
     "build_executable",

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from torch_rc.options import Options
-from torch_rc.tvm_shim import tvm_api
+from torch_rc.platform.tvm_shim import tvm_api
 
 __all__ = [
     "GPUProperties",

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from torch_rc.backends.target import (
+from torch_rc.options import Options
+from torch_rc.platform.target import (
     KNOWN_GPUS,
     GPUProperties,
     cuda_target_spec,
@@ -15,8 +16,7 @@ from torch_rc.backends.target import (
     host_target_key,
     local_target_keys,
 )
-from torch_rc.options import Options
-from torch_rc.tvm_shim import tvm_api
+from torch_rc.platform.tvm_shim import tvm_api
 
 
 @pytest.mark.parametrize(("gpu", "arch"), [("h100", "sm_90"), ("a100", "sm_80")])

@@ -17,10 +17,26 @@ from pathlib import Path
 import psutil
 import torch
 
-from torch_rc.backends.schedule import vector_bytes
-from torch_rc.backends.target import GPUProperties
+from torch_rc.platform.target import GPUProperties
 
-__all__ = ["AnyHardware", "GPUHardware", "Hardware", "gpu_hardware", "host_hardware"]
+__all__ = [
+    "AnyHardware",
+    "GPUHardware",
+    "Hardware",
+    "gpu_hardware",
+    "host_hardware",
+    "vector_bytes",
+]
+
+
+def vector_bytes() -> int:
+    """Width of the host's widest vector registers in bytes (AVX-512: 64, AVX2: 32, else 16)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if "AVX512" in capability:
+        return 64
+    if "AVX2" in capability:
+        return 32
+    return 16
 
 
 @dataclass(frozen=True)
@@ -112,40 +128,42 @@ def host_hardware(num_threads: int | None = None) -> Hardware:
 
 @dataclass(frozen=True)
 class GPUHardware:
-    """An NVIDIA GPU as the tuner sees it (see :class:`torch_rc.backends.target.GPUProperties`)."""
+    """An NVIDIA GPU as the tuner sees it: a view of the target's
+    :class:`torch_rc.platform.target.GPUProperties` (the one record of the GPU's facts)."""
 
-    name: str
-    arch: str
-    sms: int
-    warp_size: int
-    max_threads_per_block: int
-    shared_memory_per_block: int
-    registers_per_block: int
-    l2_bytes: int
+    gpu: GPUProperties
 
     kind = "cuda"
 
+    @property
+    def sms(self) -> int:
+        return self.gpu.multi_processor_count
+
+    @property
+    def warp_size(self) -> int:
+        return self.gpu.warp_size
+
+    @property
+    def max_threads_per_block(self) -> int:
+        return self.gpu.max_threads_per_block
+
+    @property
+    def shared_memory_per_block(self) -> int:
+        return self.gpu.shared_memory_per_block
+
     def describe(self) -> str:
+        gpu = self.gpu
         return (
-            f"GPU {self.name} ({self.arch}): {self.sms} SMs, warp size {self.warp_size}, at most "
-            f"{self.max_threads_per_block} threads and {self.shared_memory_per_block // 1024} KiB "
-            f"shared memory per block, {self.registers_per_block} 32-bit registers per block, "
-            f"L2 {self.l2_bytes // (1024 * 1024)} MiB"
+            f"GPU {gpu.name} ({gpu.arch}): {self.sms} SMs, warp size {gpu.warp_size}, at most "
+            f"{gpu.max_threads_per_block} threads and {gpu.shared_memory_per_block // 1024} KiB "
+            f"shared memory per block, {gpu.registers_per_block} 32-bit registers per block, "
+            f"L2 {gpu.l2_cache_bytes // (1024 * 1024)} MiB"
         )
 
 
 def gpu_hardware(gpu: GPUProperties) -> GPUHardware:
     """The tuner's view of ``gpu``."""
-    return GPUHardware(
-        name=gpu.name,
-        arch=gpu.arch,
-        sms=gpu.multi_processor_count,
-        warp_size=gpu.warp_size,
-        max_threads_per_block=gpu.max_threads_per_block,
-        shared_memory_per_block=gpu.shared_memory_per_block,
-        registers_per_block=gpu.registers_per_block,
-        l2_bytes=gpu.l2_cache_bytes,
-    )
+    return GPUHardware(gpu)
 
 
 AnyHardware = Hardware | GPUHardware

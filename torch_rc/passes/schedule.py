@@ -13,9 +13,8 @@ import logging
 import math
 from typing import Any
 
-import torch
-
-from torch_rc.tvm_shim import tvm_api
+from torch_rc.platform.hardware import vector_bytes
+from torch_rc.platform.tvm_shim import tvm_api
 
 __all__ = ["default_schedule_pass", "gpu_default_schedule_pass", "vector_bytes"]
 
@@ -23,16 +22,6 @@ logger = logging.getLogger(__name__)
 
 # Vector accumulators per row of a reduction: enough independent FMAs to hide FMA latency.
 _MAX_VECTORS_PER_ROW = 4
-
-
-def vector_bytes() -> int:
-    """Width of the host's widest vector registers in bytes (AVX-512: 64, AVX2: 32, else 16)."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    if "AVX512" in capability:
-        return 64
-    if "AVX2" in capability:
-        return 32
-    return 16
 
 
 def default_schedule_pass() -> Any:

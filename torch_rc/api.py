@@ -94,8 +94,8 @@ def tune_tir(
     """Tune one TIR workload (an IRModule with a ``main`` PrimFunc) for ``device`` (the CPU or a
     CUDA GPU) and store the result."""
     from torch_rc.backends.compiler import tuning_database
-    from torch_rc.backends.target import detect_target
-    from torch_rc.tuning.hardware import gpu_hardware
+    from torch_rc.platform.hardware import gpu_hardware
+    from torch_rc.platform.target import detect_target
     from torch_rc.tuning.session import Task, tune_modules
 
     resolved = Options.resolve({**(options or {}), "trials": trials})
