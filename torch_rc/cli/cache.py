@@ -9,6 +9,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from torch_rc.cli.app import main
 from torch_rc.cli.common import (
     CACHE_DIR,
     CACHE_URL,
@@ -21,7 +22,6 @@ from torch_rc.cli.common import (
     progress_bar,
     wide_console,
 )
-from torch_rc.cli.app import main
 
 
 @main.group()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
+from torch_rc.cli.app import main
 from torch_rc.cli.common import (
     clear_errors,
     console,
     key_ring,
 )
-from torch_rc.cli.app import main
 
 
 @main.group()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import click
 
+from torch_rc.cli.app import main
 from torch_rc.cli.common import (
     CACHE_DIR,
     clear_errors,
     console,
     wide_console,
 )
-from torch_rc.cli.app import main
 
 
 @main.command()

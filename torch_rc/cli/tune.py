@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from torch_rc.cli.app import main
 from torch_rc.cli.common import (
     CACHE_DIR,
     CACHE_URL,
@@ -20,7 +21,6 @@ from torch_rc.cli.common import (
     place,
     wide_console,
 )
-from torch_rc.cli.app import main
 from torch_rc.cli.inputs import (
     check_runs,
     load_any_model,

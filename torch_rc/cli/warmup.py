@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from torch_rc.cli.app import main
 from torch_rc.cli.common import (
     CACHE_DIR,
     CACHE_URL,
@@ -18,7 +19,6 @@ from torch_rc.cli.common import (
     location_options,
     place,
 )
-from torch_rc.cli.app import main
 from torch_rc.cli.inputs import (
     check_runs,
     load_any_model,
