@@ -18,6 +18,7 @@ wherever PyTorch has NaN and nowhere else); with infinities planted, both sides 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ __all__ = [
     "Probe",
     "compare_outputs",
     "flatten_outputs",
+    "max_abs_error",
     "probe_inputs",
     "tolerances",
 ]
@@ -57,6 +59,8 @@ def flatten_outputs(value: Any) -> list[torch.Tensor]:
         return [value]
     if hasattr(value, "to_tuple"):
         value = value.to_tuple()
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = [getattr(value, f.name) for f in dataclasses.fields(value)]
     if isinstance(value, dict):
         return [t for item in value.values() for t in flatten_outputs(item)]
     if isinstance(value, (tuple, list)):
@@ -129,6 +133,26 @@ def compare_outputs(
                 diff = (g_cpu.double() - w_cpu.double()).abs()[finite]
                 worst = max(worst, float(diff.max()))
     return Match(True, "", worst)
+
+
+def max_abs_error(expected: Any, actual: Any) -> float | None:
+    """Largest absolute difference between the outputs' floating tensors (what reports show;
+    :func:`compare_outputs` is the verdict). Non-finite values in the same places count as equal;
+    in different places the error is ``inf``. None when there are no tensors to compare."""
+    pairs = list(zip(flatten_outputs(expected), flatten_outputs(actual), strict=False))
+    if not pairs:
+        return None
+    worst = 0.0
+    for w, g in pairs:
+        if w.shape != g.shape or not w.numel():
+            continue
+        w64, g64 = w.detach().cpu().double(), g.detach().cpu().double()
+        finite_w, finite_g = torch.isfinite(w64), torch.isfinite(g64)
+        if not torch.equal(finite_w, finite_g):
+            return float("inf")
+        if bool(finite_w.any()):
+            worst = max(worst, float((g64 - w64).abs()[finite_w].max()))
+    return worst
 
 
 def _summary(exc: AssertionError) -> str:

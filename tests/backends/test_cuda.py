@@ -10,7 +10,7 @@ import torch
 import torch_rc
 from torch_rc.options import Options
 from torch_rc.platform.target import GPUProperties, detect_target, local_target_keys
-from torch_rc.testing import STRICT_TVM, assert_matches_eager
+from torch_rc.testing import STRICT_TVM, assert_matches_eager, assert_outputs_match
 
 from .models import SMALL_MODELS, TRANSFORMERS, mlp
 
@@ -85,7 +85,7 @@ def test_outputs_stay_on_the_gpu_without_copies_through_torchs_allocator():
     after = torch.cuda.memory_stats().get("allocation.all.allocated", 0)
     assert out.is_cuda and out.device == x.device
     assert after == before  # inputs went in as DLPack views; the output is TVM's own buffer
-    torch.testing.assert_close(out, torch.relu(x @ w), rtol=1e-4, atol=1e-4)
+    assert_outputs_match(out, torch.relu(x @ w))
 
 
 def test_kernel_runs_on_the_current_torch_stream():
@@ -170,5 +170,5 @@ def test_serving_model_serves_warmed_gpu_buckets(tmp_path):
         out, compiled = serving.run(inputs[0])
         want = model(inputs[0])
     assert compiled and out.is_cuda
-    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4)
+    assert_outputs_match(out, want)
     assert serving.stats()["cache_hits"] == 2 and serving.stats()["tuning_runs"] == 0

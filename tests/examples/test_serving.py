@@ -17,6 +17,7 @@ import torch
 
 from examples.serving.app import server_command
 from examples.serving.model import build_model
+from torch_rc.testing import assert_outputs_match
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCH_RC = str(Path(sys.executable).with_name("torch-rc"))
@@ -109,9 +110,7 @@ def test_warmup_bundle_then_serve_over_http(tmp_path):
             )
         with torch.no_grad():
             for tokens, answer in zip(batches, answers, strict=True):
-                torch.testing.assert_close(
-                    torch.tensor(answer["logits"]), model(tokens), rtol=1e-4, atol=1e-4
-                )
+                assert_outputs_match(torch.tensor(answer["logits"]), model(tokens))
                 assert answer["compiled"] == (
                     tuple(tokens.shape) in {(1, 16), (2, 16), (1, 32), (2, 32)}
                 )

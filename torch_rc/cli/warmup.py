@@ -142,13 +142,15 @@ def warmup(
         bundle=bundle,
         progress=progress,
     )
-    bad = [r for r in report.buckets if r.max_abs_error is not None and r.max_abs_error > 1e-3]
+    bad = [r for r in report.buckets if r.mismatch]
+    for r in bad:
+        console.print(f"[red]does not match eager[/]: {r.mismatch}")
     if report.bundle:
         console.print(f"bundle: {report.bundle}")
     console.print(f"warmed {len(report.buckets)} buckets in {report.seconds:.1f} s")
     if bad:
         raise click.ClickException(
-            f"{len(bad)} buckets differ from eager by more than 1e-3; see above"
+            f"{len(bad)} bucket(s) differ from eager beyond the dtype's tolerance; see above"
         )
     if report.interrupted:
         console.print("[yellow]interrupted; what was warmed is in the cache[/]")
