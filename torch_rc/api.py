@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from torch_rc.numerics import max_abs_error
 from torch_rc.options import Options
 from torch_rc.tuning.session import TuningRun
 
@@ -66,7 +67,7 @@ def tune(
     if resolved.tune == "never":
         resolved = resolved.replace(tune="auto")  # an explicit tune() call means tune
     if resolved.cache:
-        from torch_rc.cache.store import persistent_store
+        from torch_rc.cache.location import persistent_store
 
         persistent_store(resolved.store_location(), "the tuning results")
     sink: list[GraphReport] = []
@@ -77,10 +78,7 @@ def tune(
         got = compiled(*example_inputs)
         want = model(*example_inputs)
     report = TuneReport([g.tuning for g in sink if g.tuning is not None], compiled)
-    if isinstance(got, torch.Tensor) and isinstance(want, torch.Tensor):
-        report.max_abs_error = (
-            float((got.double() - want.double()).abs().max()) if got.numel() else 0.0
-        )
+    report.max_abs_error = max_abs_error(want, got)
     return report
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from torch_rc.numerics import compare_outputs, max_abs_error
 from torch_rc.options import Options
 
 __all__ = ["BucketResult", "ServingModel", "WarmupReport", "warmup", "inputs_like"]
@@ -75,6 +76,7 @@ class BucketResult:
     graphs: int
     tuned_kernels: int
     samples: int
+    mismatch: str = ""  # why the compiled bucket does not match eager (empty: it matches)
 
 
 @dataclass
@@ -83,23 +85,6 @@ class WarmupReport:
     bundle: str = ""
     interrupted: bool = False
     seconds: float = 0.0
-
-
-def _flat(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, Mapping):
-        return [t for v in value.values() for t in _flat(v)]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _flat(v)]
-    return [t for v in getattr(value, "__dict__", {}).values() for t in _flat(v)]
-
-
-def _max_error(got: Any, want: Any) -> float | None:
-    pairs = list(zip(_flat(got), _flat(want), strict=False))
-    if not pairs:
-        return None
-    return max(float((a.double() - b.double()).abs().max()) if a.numel() else 0.0 for a, b in pairs)
 
 
 def _compile_bucket(
@@ -154,7 +139,7 @@ def warmup(
         merged["tune_total_s"] = time_limit_s
     resolved = Options.resolve(merged)
     if resolved.cache:
-        from torch_rc.cache.store import persistent_store
+        from torch_rc.cache.location import persistent_store
 
         persistent_store(resolved.store_location(), "what warm-up compiles and tunes")
     buckets = (
@@ -173,11 +158,15 @@ def warmup(
         result = BucketResult(
             shapes=bucket,
             compile_s=seconds,
-            max_abs_error=_max_error(out, want),
+            max_abs_error=max_abs_error(want, out),
             graphs=len(sink),
             tuned_kernels=sum(g.tuned_kernels for g in sink),
             samples=sum(t.result.samples for r in runs for t in r.tasks if t.result is not None),
         )
+        match = compare_outputs(
+            want, out, rtol=resolved.rtol, atol=resolved.atol, label=f"bucket {list(bucket)}"
+        )
+        result.mismatch = "" if match.ok else match.problem
         report.buckets.append(result)
         if progress:
             progress(index + 1, len(buckets), result)
@@ -188,7 +177,7 @@ def warmup(
     if bundle:
         from torch_rc.backends.artifact import ring_of
         from torch_rc.cache.bundle import export_bundle
-        from torch_rc.cache.store import store_for
+        from torch_rc.cache.location import store_for
 
         export_bundle(store_for(resolved.store_location()), bundle, ring_of(resolved))
         report.bundle = bundle
@@ -239,7 +228,7 @@ class ServingModel:
         if bundle:
             from torch_rc.backends.artifact import ring_of
             from torch_rc.cache.bundle import describe_refusal, import_bundle
-            from torch_rc.cache.store import store_for
+            from torch_rc.cache.location import store_for
             from torch_rc.platform.target import local_target_keys
 
             local = local_target_keys(self.options)

@@ -15,10 +15,11 @@ from click.testing import CliRunner
 from torch_rc.backends.artifact import ARTIFACT_VERSION, ring_of, stored_kernels
 from torch_rc.cache.bundle import BundleLimits, export_bundle, import_bundle, read_bundle
 from torch_rc.cache.keys import KeyDetails, environment_parts
+from torch_rc.cache.location import store_for
 from torch_rc.cache.payload import pack
 from torch_rc.cache.records import Check, TuningRecord
 from torch_rc.cache.signing import keyring
-from torch_rc.cache.store import SQLiteStore, store_for
+from torch_rc.cache.store import SQLiteStore
 from torch_rc.cli import main
 from torch_rc.errors import CacheError
 from torch_rc.options import Options

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from torch_rc.cache.keys import KeyDetails
+from torch_rc.cache.location import make_store
 from torch_rc.cache.records import Check, TuningRecord
-from torch_rc.cache.store import make_store
 from torch_rc.errors import CacheError
 
 CHECK = Check("pytorch", 1e-4, 1e-4, 1e-6, True)
@@ -68,11 +68,35 @@ def test_prune_by_target(location):
     assert [r.target_key for r in store.all_records()] == ["b"]
 
 
+def test_prune_by_age_and_tvm_version_and_artifacts_only_by_age(location):
+    store = make_store(location)
+    old = TuningRecord("w", "t", "[]", 1.0, CHECK, created=time.time() - 3600)
+    store.put_record(old)
+    store.put_record(TuningRecord("w", "t", "[]", 2.0, CHECK, tvm_version="0.1"))
+    store.put_artifact(KeyDetails("artifact", {"graph": "g"}), b"x", {})
+    with pytest.raises(CacheError, match="prune needs at least one"):
+        store.prune()
+    # A TVM-version filter leaves artifacts alone (their keys hold the version already).
+    assert store.prune(tvm_version=old.tvm_version, dry_run=True) == {"records": 1, "artifacts": 0}
+    assert store.prune(older_than_s=60) == {"records": 1, "artifacts": 0}
+    assert [r.latency_s for r in store.all_records()] == [2.0]
+    assert store.prune(older_than_s=-60) == {"records": 1, "artifacts": 1}
+    assert store.stats()["records"] == 0 and store.artifacts() == []
+
+
+def test_a_miss_names_its_nearest_entry_in_the_log(location, caplog):
+    store = make_store(location)
+    store.put_artifact(KeyDetails("artifact", {"graph": "g", "options": "1"}), b"x", {})
+    with caplog.at_level("INFO", logger="torch_rc.cache"):
+        assert store.get_artifact(KeyDetails("artifact", {"graph": "g", "options": "2"})) is None
+    assert "nearest entry differs in ['options']" in caplog.text
+
+
 FLEET_WRITER = textwrap.dedent(
     """
     import sys
     from torch_rc.cache.records import Check, TuningRecord
-    from torch_rc.cache.store import make_store
+    from torch_rc.cache.location import make_store
     store = make_store(sys.argv[1])
     me = int(sys.argv[2])
     for i in range(30):
@@ -96,13 +120,14 @@ COMPILE = textwrap.dedent(
     from torch import nn
     from torch_rc.backends.dynamo import compile_graph
     from torch_rc.options import Options
+    from torch_rc.testing import assert_outputs_match
     model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16)).eval()
     x = torch.randn(4, 16)
     sink = []
     options = Options.resolve({"select": "tvm"})
     with torch.no_grad():
         out = torch.compile(model, backend=lambda gm, ex: compile_graph(gm, ex, options, sink)[0])(x)
-        torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-4)
+        assert_outputs_match(out, model(x))
     print(json.dumps({"cache": sink[0].cache}))
     """
 )

@@ -307,7 +307,7 @@ def tuning_database(options: Options, target: TargetInfo) -> Any:
     (or this compile tunes); None otherwise, so untuned compiles never import MetaSchedule."""
     if not options.cache:
         return None
-    from torch_rc.cache.store import open_store
+    from torch_rc.cache.location import open_store
 
     store = open_store(options.store_location())
     if store is None:

@@ -23,7 +23,7 @@ from torch_rc.backends.select import Counted
 from torch_rc.backends.specialize import SpecializingGraph, has_symbolic_shapes
 from torch_rc.cache.interface import TuningStore
 from torch_rc.cache.keys import artifact_key
-from torch_rc.cache.store import open_store
+from torch_rc.cache.location import open_store
 from torch_rc.options import TUNING_OPTIONS, Options
 from torch_rc.platform.target import detect_target, graph_device, target_key
 from torch_rc.platform.threads import set_thread_cap

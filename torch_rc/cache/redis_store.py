@@ -20,8 +20,18 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from torch_rc.cache.keys import SCHEMA_VERSION, KeyDetails
+from torch_rc.cache.policy import (
+    DEFAULT_ARTIFACT_CAP,
+    DEFAULT_KEEP_BEST,
+    MISSES_KEPT,
+    NEAREST_SCAN,
+    Prune,
+    nearest_miss,
+    record_rank,
+    refuse_unverified,
+    stats,
+)
 from torch_rc.cache.records import ArtifactEntry, TuningRecord
-from torch_rc.cache.store import DEFAULT_ARTIFACT_CAP, DEFAULT_KEEP_BEST
 from torch_rc.errors import CacheError
 
 __all__ = ["RedisStore"]
@@ -142,11 +152,7 @@ class RedisStore:
         return self._k("rec", digest)
 
     def put_record(self, record: TuningRecord) -> int:
-        if not record.check.passed:
-            raise CacheError(
-                f"refusing to store an unverified record for workload {record.workload_key}: "
-                f"max error {record.check.max_abs_error} vs {record.check.reference}"
-            )
+        refuse_unverified(record)
 
         def insert() -> int:
             rid = int(self._db.incr(self._k("record_id")))
@@ -170,10 +176,7 @@ class RedisStore:
     def best_records(self, workload_key: str, target_key: str, k: int = 1) -> list[TuningRecord]:
         def query() -> list[TuningRecord]:
             members = self._db.zrange(self._record_set(workload_key, target_key), 0, k - 1)
-            return sorted(
-                (self._decode(m) for m in members),
-                key=lambda r: (bool(r.imported_from), r.latency_s, r.id or 0),
-            )
+            return sorted((self._decode(m) for m in members), key=record_rank)
 
         return self._guarded("read", query, [])
 
@@ -209,19 +212,14 @@ class RedisStore:
         return self._guarded("read", query, None)
 
     def _record_miss(self, details: KeyDetails) -> None:
-        nearest, differing = None, sorted(details.parts)
-        for key in self._db.zrevrange(self._k("lru"), 0, 199):
-            parts = self._db.hget(self._k("art", key.decode()), "parts")
-            if parts is None:
-                continue
-            diff = details.differences(KeyDetails.from_json(parts))
-            if len(diff) < len(differing):
-                nearest, differing = key.decode(), diff
-        entry = json.dumps(
-            {"key": details.key, "nearest": nearest, "differing": differing, "at": time.time()}
-        )
-        self._db.lpush(self._k("misses"), entry)
-        self._db.ltrim(self._k("misses"), 0, 99)
+        def stored() -> Iterator[tuple[str, str]]:
+            for key in self._db.zrevrange(self._k("lru"), 0, NEAREST_SCAN - 1):
+                parts = self._db.hget(self._k("art", key.decode()), "parts")
+                if parts is not None:
+                    yield key.decode(), parts
+
+        self._db.lpush(self._k("misses"), json.dumps(nearest_miss(details, stored())))
+        self._db.ltrim(self._k("misses"), 0, MISSES_KEPT - 1)
 
     def put_artifact(self, details: KeyDetails, payload: bytes, decisions: dict[str, str]) -> None:
         self._store_artifact(details.key, details.to_json(), payload, decisions, time.time())
@@ -320,20 +318,16 @@ class RedisStore:
     def stats(self) -> dict[str, Any]:
         def query() -> dict[str, Any]:
             meta = {k.decode(): v.decode() for k, v in self._db.hgetall(self._k("meta")).items()}
-            records = self.all_records()
-            return {
-                "path": _redact(self.url),
-                "degraded": None,
-                "schema_version": int(meta.get("schema_version", SCHEMA_VERSION)),
-                "records": len(records),
-                "workloads": len({(r.workload_key, r.target_key) for r in records}),
-                "artifacts": int(self._db.zcard(self._k("lru"))),
-                "artifact_bytes": int(self._db.get(self._k("artifact_bytes")) or 0),
-                "artifact_hits": int(meta.get("artifact_hits", 0)),
-                "artifact_misses": int(meta.get("artifact_misses", 0)),
-                "artifact_evictions": int(meta.get("artifact_evictions", 0)),
-                "errors": self.errors,
-            }
+            return stats(
+                path=_redact(self.url),
+                degraded=None,
+                schema_version=meta.get("schema_version", SCHEMA_VERSION),
+                records=[(r.workload_key, r.target_key) for r in self.all_records()],
+                artifacts=self._db.zcard(self._k("lru")),
+                artifact_bytes=int(self._db.get(self._k("artifact_bytes")) or 0),
+                counters=meta,
+                errors=self.errors,
+            )
 
         return self._guarded("read", query, {"path": _redact(self.url), "errors": self.errors})
 
@@ -345,31 +339,21 @@ class RedisStore:
         tvm_version: str | None = None,
         dry_run: bool = False,
     ) -> dict[str, int]:
-        if older_than_s is None and target_key is None and tvm_version is None:
-            raise CacheError("prune needs at least one of: older_than, target, other TVM version")
-        cutoff = time.time() - older_than_s if older_than_s is not None else None
-
-        def doomed(record: TuningRecord) -> bool:
-            return (
-                (cutoff is None or record.created < cutoff)
-                and (target_key is None or record.target_key == target_key)
-                and (tvm_version is None or record.tvm_version != tvm_version)
-            )
+        rule = Prune(older_than_s, target_key, tvm_version)
 
         def run() -> dict[str, int]:
             counts = {"records": 0, "artifacts": 0}
             for key in self._db.smembers(self._k("records")):
                 for member in self._db.zrange(key, 0, -1):
-                    if doomed(self._decode(member)):
+                    if rule.drops_record(self._decode(member)):
                         counts["records"] += 1
                         if not dry_run:
                             self._db.zrem(key, member)
-            if cutoff is not None and target_key is None and tvm_version is None:
-                for entry in self.artifacts():
-                    if entry.last_used < cutoff:
-                        counts["artifacts"] += 1
-                        if not dry_run:
-                            self._store_delete(entry)
+            for entry in self.artifacts() if rule.prunes_artifacts else []:
+                if rule.drops_artifact(entry.last_used):
+                    counts["artifacts"] += 1
+                    if not dry_run:
+                        self._store_delete(entry)
             return counts
 
         return self._guarded("prune", run, {"records": 0, "artifacts": 0})

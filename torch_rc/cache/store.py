@@ -27,17 +27,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from torch_rc.cache.interface import TuningStore
 from torch_rc.cache.keys import SCHEMA_VERSION, KeyDetails
+from torch_rc.cache.policy import (
+    DEFAULT_ARTIFACT_CAP,
+    DEFAULT_KEEP_BEST,
+    MISSES_KEPT,
+    NEAREST_SCAN,
+    Prune,
+    nearest_miss,
+    refuse_unverified,
+    stats,
+)
 from torch_rc.cache.records import ArtifactEntry, TuningRecord
 from torch_rc.errors import CacheError
 
-__all__ = ["SQLiteStore", "make_store", "open_store", "DEFAULT_KEEP_BEST", "DEFAULT_ARTIFACT_CAP"]
+__all__ = ["SQLiteStore", "DEFAULT_KEEP_BEST", "DEFAULT_ARTIFACT_CAP"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_KEEP_BEST = 3
-DEFAULT_ARTIFACT_CAP = 2 * 1024**3
 _T = TypeVar("_T")
 
 _SCHEMA = """
@@ -255,11 +262,7 @@ class SQLiteStore:
         Raises:
             CacheError: the record did not pass its check (nothing unverified enters the store).
         """
-        if not record.check.passed:
-            raise CacheError(
-                f"refusing to store an unverified record for workload {record.workload_key}: "
-                f"max error {record.check.max_abs_error} vs {record.check.reference}"
-            )
+        refuse_unverified(record)
 
         def insert() -> int:
             with self._write() as conn:
@@ -331,24 +334,20 @@ class SQLiteStore:
         return self._guarded("read", query, None)
 
     def _record_miss(self, conn: sqlite3.Connection, details: KeyDetails) -> None:
-        nearest, differing = None, sorted(details.parts)
-        for other_key, parts in conn.execute(
-            "SELECT key, parts FROM artifacts ORDER BY last_used DESC LIMIT 200"
-        ):
-            diff = details.differences(KeyDetails.from_json(parts))
-            if len(diff) < len(differing):
-                nearest, differing = other_key, diff
+        miss = nearest_miss(
+            details,
+            conn.execute(
+                "SELECT key, parts FROM artifacts ORDER BY last_used DESC LIMIT ?", (NEAREST_SCAN,)
+            ).fetchall(),
+        )
         conn.execute(
             "INSERT INTO misses (key, nearest, differing, at) VALUES (?, ?, ?, ?)",
-            (details.key, nearest, json.dumps(differing), time.time()),
+            (miss["key"], miss["nearest"], json.dumps(miss["differing"]), miss["at"]),
         )
         conn.execute(
-            "DELETE FROM misses WHERE id NOT IN (SELECT id FROM misses ORDER BY id DESC LIMIT 100)"
+            "DELETE FROM misses WHERE id NOT IN (SELECT id FROM misses ORDER BY id DESC LIMIT ?)",
+            (MISSES_KEPT,),
         )
-        if nearest is not None:
-            logger.info(
-                "torch_rc: cache miss %s: nearest entry differs in %s", details.key[:12], differing
-            )
 
     def put_artifact(self, details: KeyDetails, payload: bytes, decisions: dict[str, str]) -> None:
         """Store (or replace) an artifact, then evict least recently used ones over the cap."""
@@ -466,23 +465,18 @@ class SQLiteStore:
         def query() -> dict[str, Any]:
             conn = self._conn
             counters = dict(conn.execute("SELECT name, value FROM meta").fetchall())
-            return {
-                "path": str(self.path) if self.path else ":memory:",
-                "degraded": self.degraded,
-                "schema_version": int(counters.pop("schema_version", SCHEMA_VERSION)),
-                "records": conn.execute("SELECT COUNT(*) FROM records").fetchone()[0],
-                "workloads": conn.execute(
-                    "SELECT COUNT(*) FROM (SELECT DISTINCT workload_key, target_key FROM records)"
-                ).fetchone()[0],
-                "artifacts": conn.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0],
-                "artifact_bytes": conn.execute(
+            return stats(
+                path=str(self.path) if self.path else ":memory:",
+                degraded=self.degraded,
+                schema_version=counters.pop("schema_version", SCHEMA_VERSION),
+                records=conn.execute("SELECT workload_key, target_key FROM records").fetchall(),
+                artifacts=conn.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0],
+                artifact_bytes=conn.execute(
                     "SELECT COALESCE(SUM(size), 0) FROM artifacts"
                 ).fetchone()[0],
-                "artifact_hits": int(counters.get("artifact_hits", 0)),
-                "artifact_misses": int(counters.get("artifact_misses", 0)),
-                "artifact_evictions": int(counters.get("artifact_evictions", 0)),
-                "errors": self.errors,
-            }
+                counters=counters,
+                errors=self.errors,
+            )
 
         return self._guarded("read", query, {"path": str(self.path), "errors": self.errors})
 
@@ -494,43 +488,28 @@ class SQLiteStore:
         tvm_version: str | None = None,
         dry_run: bool = False,
     ) -> dict[str, int]:
-        """Delete records/artifacts older than ``older_than_s``, for ``target_key``, or made with a
-        TVM version other than ``tvm_version``. Returns counts (of what would go, with dry_run)."""
-        record_where, record_args = [], []
-        artifact_where, artifact_args = [], []
-        if older_than_s is not None:
-            cutoff = time.time() - older_than_s
-            record_where.append("created < ?")
-            record_args.append(cutoff)
-            artifact_where.append("last_used < ?")
-            artifact_args.append(cutoff)
-        if target_key is not None:
-            record_where.append("target_key = ?")
-            record_args.append(target_key)
-        if tvm_version is not None:
-            record_where.append("tvm_version != ?")
-            record_args.append(tvm_version)
-        if not record_where and not artifact_where:
-            raise CacheError("prune needs at least one of: older_than, target, other TVM version")
+        """Delete what :class:`~torch_rc.cache.policy.Prune` says. Returns counts (of what would
+        go, with dry_run)."""
+        rule = Prune(older_than_s, target_key, tvm_version)
 
         def run() -> dict[str, int]:
             with self._write() as conn:
-                counts = {"records": 0, "artifacts": 0}
-                if record_where:
-                    sql = " AND ".join(record_where)
-                    counts["records"] = conn.execute(
-                        f"SELECT COUNT(*) FROM records WHERE {sql}", record_args
-                    ).fetchone()[0]
-                    if not dry_run:
-                        conn.execute(f"DELETE FROM records WHERE {sql}", record_args)
-                if artifact_where and target_key is None and tvm_version is None:
-                    sql = " AND ".join(artifact_where)
-                    counts["artifacts"] = conn.execute(
-                        f"SELECT COUNT(*) FROM artifacts WHERE {sql}", artifact_args
-                    ).fetchone()[0]
-                    if not dry_run:
-                        conn.execute(f"DELETE FROM artifacts WHERE {sql}", artifact_args)
-                return counts
+                doomed = [
+                    rid
+                    for rid, body in conn.execute("SELECT id, body FROM records").fetchall()
+                    if rule.drops_record(TuningRecord.from_json(body, id=rid))
+                ]
+                gone = [
+                    key
+                    for key, last_used in conn.execute(
+                        "SELECT key, last_used FROM artifacts"
+                    ).fetchall()
+                    if rule.drops_artifact(last_used)
+                ]
+                if not dry_run:
+                    conn.executemany("DELETE FROM records WHERE id = ?", [(r,) for r in doomed])
+                    conn.executemany("DELETE FROM artifacts WHERE key = ?", [(k,) for k in gone])
+                return {"records": len(doomed), "artifacts": len(gone)}
 
         return self._guarded("prune", run, {"records": 0, "artifacts": 0})
 
@@ -588,82 +567,3 @@ def _writable(path: Path) -> bool:
     if not os.access(path.parent, os.W_OK):
         return False
     return not path.exists() or os.access(path, os.W_OK)
-
-
-_OPEN: dict[str, TuningStore | CacheError] = {}
-_OPEN_LOCK = threading.Lock()
-
-
-def make_store(location: str) -> TuningStore:
-    """A new store object for ``location``: a ``redis://`` URL (RedisStore) or a SQLite file path.
-    Most callers want :func:`store_for` (one object per location per process, so that a store
-    that runs in memory is the same memory for everyone in the process).
-
-    Raises:
-        CacheError: the store cannot be used at all (unreachable server, newer schema, a cache
-            directory other users can write).
-    """
-    if location.startswith(("redis://", "rediss://", "unix://")):
-        from torch_rc.cache.redis_store import RedisStore
-
-        return RedisStore(location)
-    return SQLiteStore(location)
-
-
-def store_for(location: str) -> TuningStore:
-    """The process's store for ``location``, opened once (compiles, imports, warm-up and the CLI
-    all share it: a bundle imported into a read-only location's in-memory copy is what the
-    compiles read).
-
-    Raises:
-        CacheError: the store cannot be used at all (the same error for every later call).
-    """
-    with _OPEN_LOCK:
-        if location not in _OPEN:
-            try:
-                _OPEN[location] = make_store(location)
-            except CacheError as exc:
-                _OPEN[location] = exc
-        opened = _OPEN[location]
-    if isinstance(opened, CacheError):
-        raise opened
-    return opened
-
-
-def persistent_store(location: str, purpose: str) -> TuningStore:
-    """:func:`store_for`, for work whose point is what it writes (tuning, warm-up, imports).
-
-    Raises:
-        CacheError: the store cannot be used, or runs in memory (a read-only location): the
-            work would report success and lose ``purpose``.
-    """
-    store = store_for(location)
-    if store.degraded:
-        raise CacheError(
-            f"{store.degraded}, so {purpose} would be lost; point cache_dir "
-            "(TORCH_RC_CACHE_DIR) at a writable directory"
-        )
-    return store
-
-
-def open_store(location: str) -> TuningStore | None:
-    """:func:`store_for`, or None when the store cannot be used at all, in which case the caller
-    compiles without a cache (a warning says why, once)."""
-    with _OPEN_LOCK:
-        first = location not in _OPEN
-    try:
-        return store_for(location)
-    except CacheError as exc:
-        if first:
-            logger.warning("torch_rc: %s; compiling without the cache", exc)
-        return None
-
-
-def forget_open_stores() -> None:
-    """Close and forget every store :func:`store_for` opened (tests; a process that moves its
-    cache)."""
-    with _OPEN_LOCK:
-        for opened in _OPEN.values():
-            if not isinstance(opened, CacheError):
-                opened.close()
-        _OPEN.clear()

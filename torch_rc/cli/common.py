@@ -52,7 +52,7 @@ def format_time(stamp: float) -> str:
 def location_store(location: tuple[str | None, str | None], writes: str = "") -> Any:
     """The process's store at ``location``; with ``writes`` (what the command would write), one
     that can persist it (a read-only location is an error, never a silent success)."""
-    from torch_rc.cache.store import persistent_store, store_for
+    from torch_rc.cache.location import persistent_store, store_for
     from torch_rc.options import Options
 
     where = Options.resolve(given_options(location)).store_location()
