@@ -13,11 +13,19 @@ from typing import Any
 
 import torch
 
+from torch_rc.backends.compiler import GraphReport, tuning_database
+from torch_rc.backends.dynamo import reporting_backend
+from torch_rc.cache.location import persistent_store
 from torch_rc.numerics import max_abs_error
-from torch_rc.options import Options
-from torch_rc.tuning.session import TuningRun
+from torch_rc.options import Options, with_budget
+from torch_rc.platform.hardware import gpu_hardware
+from torch_rc.platform.target import detect_target
+from torch_rc.tuning.session import Task, TuningRun, tune_modules
 
 __all__ = ["TuneReport", "tune", "tune_tir"]
+
+
+DEFAULT_TRIALS = 64  # a tune() call that names no budget (trials is the model's total)
 
 
 @dataclass
@@ -45,7 +53,7 @@ def tune(
     model: Callable[..., Any],
     example_inputs: Sequence[Any],
     *,
-    trials: int = 64,
+    trials: int | None = None,
     options: Mapping[str, Any] | None = None,
     mode: str | None = None,
 ) -> TuneReport:
@@ -58,17 +66,12 @@ def tune(
         OptionsError: A bad option (named).
         CacheError: The cache cannot keep what tuning finds (a read-only location).
     """
-    from torch_rc.backends.compiler import GraphReport
-    from torch_rc.backends.dynamo import reporting_backend
-
-    merged = dict(options or {})
-    merged.setdefault("trials", trials)
-    resolved = Options.resolve(merged, mode)
+    resolved = Options.resolve(
+        with_budget(options, trials=trials, default_trials=DEFAULT_TRIALS), mode
+    )
     if resolved.tune == "never":
         resolved = resolved.replace(tune="auto")  # an explicit tune() call means tune
     if resolved.cache:
-        from torch_rc.cache.location import persistent_store
-
         persistent_store(resolved.store_location(), "the tuning results")
     sink: list[GraphReport] = []
 
@@ -85,18 +88,13 @@ def tune(
 def tune_tir(
     mod: Any,
     *,
-    trials: int = 64,
+    trials: int | None = None,
     options: Mapping[str, Any] | None = None,
     device: str | torch.device = "cpu",
 ) -> TuningRun:
     """Tune one TIR workload (an IRModule with a ``main`` PrimFunc) for ``device`` (the CPU or a
     CUDA GPU) and store the result."""
-    from torch_rc.backends.compiler import tuning_database
-    from torch_rc.platform.hardware import gpu_hardware
-    from torch_rc.platform.target import detect_target
-    from torch_rc.tuning.session import Task, tune_modules
-
-    resolved = Options.resolve({**(options or {}), "trials": trials})
+    resolved = Options.resolve(with_budget(options, trials=trials, default_trials=DEFAULT_TRIALS))
     target = detect_target(resolved, torch.device(device))
     database = tuning_database(resolved, target)
     return tune_modules(
@@ -105,7 +103,6 @@ def tune_tir(
         target.key,
         resolved,
         database,
-        trials=trials,
         tasks=[Task("main", "", mod, 1, 1.0)],
         hardware=gpu_hardware(target.gpu) if target.gpu is not None else None,
     )

@@ -23,8 +23,10 @@ from typing import Any
 
 import torch
 
+from torch_rc.backends.artifact import CompiledGraph
 from torch_rc.backends.compiler import GraphReport
 from torch_rc.backends.decisions import Decision
+from torch_rc.backends.dynamo import reporting_backend
 from torch_rc.errors import TorchRCError
 from torch_rc.options import TUNING_OPTIONS, Options
 
@@ -263,8 +265,6 @@ def compiled_graphs(compiled_model: Any) -> list[Any]:
     Raises:
         TorchRCError: ``compiled_model`` is not the result of ``torch.compile``.
     """
-    from torch_rc.backends.artifact import CompiledGraph
-
     if not _is_compiled(compiled_model):
         raise TorchRCError(
             f"{type(compiled_model).__name__} is not a torch.compile result; call explain(model, "
@@ -387,7 +387,6 @@ def _fresh_analysis(
     mode: str | None,
     tune: bool,
 ) -> CoverageReport:
-    from torch_rc.backends.dynamo import reporting_backend
 
     given = dict(options or {})
     if not tune:

@@ -317,6 +317,30 @@ class Options:
         return dataclasses.replace(self, **changes)
 
 
+def with_budget(
+    options: Mapping[str, Any] | None,
+    *,
+    trials: int | None = None,
+    time_limit_s: float | None = None,
+    default_trials: int = 0,
+) -> dict[str, Any]:
+    """``options`` with a tuning budget given as function arguments (``torch_rc.tune``,
+    ``warmup``, the CLI): the one place budgets meet options.
+
+    An argument that is given (not None) wins over the option of the same meaning; ``trials``
+    is the model's total, ``time_limit_s`` is ``tune_total_s`` (all tuning of the call).
+    ``default_trials`` applies when neither the argument nor ``options`` sets ``trials``.
+    """
+    merged = dict(options or {})
+    if trials is not None:
+        merged["trials"] = trials
+    elif default_trials:
+        merged.setdefault("trials", default_trials)
+    if time_limit_s is not None:
+        merged["tune_total_s"] = time_limit_s
+    return merged
+
+
 # mode= of torch.compile -> option presets. max-autotune tunes (bounded by trials and time).
 MODE_PRESETS: dict[str, dict[str, Any]] = {
     "default": {},

@@ -25,8 +25,15 @@ from typing import Any
 
 import torch
 
+from torch_rc.backends.artifact import ring_of
+from torch_rc.backends.compiler import GraphReport
+from torch_rc.backends.dynamo import reporting_backend
+from torch_rc.cache.bundle import describe_refusal, export_bundle, import_bundle
+from torch_rc.cache.location import persistent_store, store_for
+from torch_rc.errors import CacheError
 from torch_rc.numerics import compare_outputs, max_abs_error
-from torch_rc.options import Options
+from torch_rc.options import Options, with_budget
+from torch_rc.platform.target import local_target_keys
 
 __all__ = ["BucketResult", "ServingModel", "WarmupReport", "warmup", "inputs_like"]
 
@@ -91,9 +98,6 @@ def _compile_bucket(
     model: Any, inputs: list[Any], options: Options
 ) -> tuple[Any, Any, list[Any], float]:
     """Compile ``model`` for exactly these shapes; call it once; return (compiled, output, reports, s)."""
-    from torch_rc.backends.compiler import GraphReport
-    from torch_rc.backends.dynamo import reporting_backend
-
     sink: list[GraphReport] = []
 
     start = time.perf_counter()
@@ -115,8 +119,8 @@ def warmup(
     example_inputs: Sequence[Any],
     *,
     shapes: Sequence[Sequence[Sequence[int]]] | None = None,
-    trials: int = 0,
-    time_limit_s: float = 0.0,
+    trials: int | None = None,
+    time_limit_s: float | None = None,
     options: Mapping[str, Any] | None = None,
     bundle: str | None = None,
     progress: Callable[[int, int, BucketResult], None] | None = None,
@@ -126,21 +130,19 @@ def warmup(
     Args:
         example_inputs: Inputs that fix the dtypes (and integer value ranges).
         shapes: One list of shapes (one per tensor input) per bucket; default: the example's.
-        trials: Tuning budget per graph (0: compile with default schedules and stored records).
-        time_limit_s: Wall-clock limit for all tuning.
+        trials: Tuning budget of the model per bucket (default: ``options["trials"]``, else 0:
+            compile with default schedules and stored records). Overrides the option.
+        time_limit_s: Wall-clock limit for all tuning (``tune_total_s``); overrides the option.
         options: Further backend options (``cache_dir``, ``llm``, ...).
         bundle: Write the whole cache to this bundle file at the end.
 
     Raises:
         OptionsError: A bad option. ValueError: a bucket with the wrong number of shapes.
     """
-    merged = {**(options or {}), "trials": trials, "tune": "auto"}
-    if time_limit_s:
-        merged["tune_total_s"] = time_limit_s
-    resolved = Options.resolve(merged)
+    resolved = Options.resolve(
+        {**with_budget(options, trials=trials, time_limit_s=time_limit_s), "tune": "auto"}
+    )
     if resolved.cache:
-        from torch_rc.cache.location import persistent_store
-
         persistent_store(resolved.store_location(), "what warm-up compiles and tunes")
     buckets = (
         [list(map(tuple, b)) for b in shapes] if shapes else [signature_shapes(example_inputs)]
@@ -175,10 +177,6 @@ def warmup(
             break
     torch._dynamo.reset()
     if bundle:
-        from torch_rc.backends.artifact import ring_of
-        from torch_rc.cache.bundle import export_bundle
-        from torch_rc.cache.location import store_for
-
         export_bundle(store_for(resolved.store_location()), bundle, ring_of(resolved))
         report.bundle = bundle
     report.seconds = time.monotonic() - start
@@ -219,18 +217,12 @@ class ServingModel:
         options: Mapping[str, Any] | None = None,
         allow_other_target: bool = False,
     ) -> None:
-        from torch_rc.errors import CacheError
 
         start = time.perf_counter()
         self.model = model
         self.options = Options.resolve({**(options or {}), "tune": "never"})
         self.import_summary = None
         if bundle:
-            from torch_rc.backends.artifact import ring_of
-            from torch_rc.cache.bundle import describe_refusal, import_bundle
-            from torch_rc.cache.location import store_for
-            from torch_rc.platform.target import local_target_keys
-
             local = local_target_keys(self.options)
             # The process's one store for the location: on a read-only location the import goes
             # to the same in-memory copy the compiles below read.

@@ -28,9 +28,10 @@ from torch._dynamo.aot_compile_types import SerializableCallable
 from torch_rc.backends.lower import TensorSpec
 from torch_rc.backends.runtime import KernelSignature
 from torch_rc.cache.payload import pack, unpack
-from torch_rc.cache.signing import KeyRing
+from torch_rc.cache.signing import KeyRing, keyring
 from torch_rc.errors import CacheError
-from torch_rc.options import SECRET_OPTIONS, Options
+from torch_rc.options import SECRET_OPTIONS, Options, redact_url
+from torch_rc.platform.tvm_shim import tvm_api
 
 __all__ = [
     "ARTIFACT_VERSION",
@@ -246,8 +247,6 @@ class CompiledGraph(SerializableCallable):
     def to_bytes(self, ring: KeyRing, *, with_graph: bool = False) -> bytes:
         """The signed stored form (see the module docstring); ``with_graph`` adds the pickled
         Dynamo graph (the AOT path)."""
-        from torch_rc.platform.tvm_shim import tvm_api
-
         api = tvm_api()
         blobs = {name: _blob(kernel) for name, kernel in self.kernels.items()}
         meta = {
@@ -288,6 +287,7 @@ class CompiledGraph(SerializableCallable):
         from torch.fx._graph_pickler import GraphPickler
         from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
+        # Lazy: dynamo.py imports this module; rebuilding a refused artifact is the way back.
         from torch_rc.backends.dynamo import compile_graph
 
         resolved = options or Options.resolve()
@@ -326,8 +326,6 @@ def _field_names() -> set[str]:
 
 def ring_of(options: Options | Mapping[str, Any]) -> KeyRing:
     """The key ring named by ``options`` (an Options or its stored dict form)."""
-    from torch_rc.cache.signing import keyring
-
     if not isinstance(options, Options):
         known = {k: v for k, v in options.items() if k in ("key_dir", "trusted_keys")}
         options = Options.resolve().replace(**known) if known else Options.resolve()
@@ -407,8 +405,6 @@ def _fake(spec: InputSpec) -> object:
 def options_dict(options: Any) -> dict[str, Any]:
     """Options as a plain dict for the artifact (the dataclass round-trips through it); secrets
     (the LLM API key) are never included, nor credentials inside the endpoint URL."""
-    from torch_rc.options import redact_url
-
     data = {k: v for k, v in dataclasses.asdict(options).items() if k not in SECRET_OPTIONS}
     if data.get("llm_base_url"):
         data["llm_base_url"] = redact_url(str(data["llm_base_url"]))

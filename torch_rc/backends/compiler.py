@@ -13,15 +13,21 @@ import torch
 import torch.fx
 
 from torch_rc.backends.decisions import Decision, Machine
+from torch_rc.backends.library import choose_library_nodes
 from torch_rc.backends.lower import lower_partition, tensor_spec
 from torch_rc.backends.partition import FallbackNode, partition_graph
 from torch_rc.backends.runtime import KernelSignature, TVMKernel
 from torch_rc.backends.select import PartitionReport, SelectingPartition
 from torch_rc.backends.support import is_compute_node, qualified_name
+from torch_rc.cache.location import open_store
+from torch_rc.cache.ms_database import make_database
 from torch_rc.errors import BuildError, LoweringError
 from torch_rc.options import Options
 from torch_rc.passes.build import build_executable
+from torch_rc.platform.hardware import gpu_hardware
 from torch_rc.platform.target import TargetInfo
+from torch_rc.platform.tvm_shim import prepare_meta_schedule
+from torch_rc.tuning.session import tune_modules
 
 __all__ = ["GraphReport", "compile_aten_graph"]
 
@@ -158,12 +164,8 @@ def compile_aten_graph(
             except LoweringError:
                 continue  # reported (or raised with strict) when the partition is built below
         if lowered:
-            from torch_rc.tuning.session import tune_modules
-
             hardware = None
             if target.gpu is not None:
-                from torch_rc.platform.hardware import gpu_hardware
-
                 hardware = gpu_hardware(target.gpu)
             run = tune_modules(
                 [low.mod for low in lowered.values()],
@@ -241,8 +243,6 @@ def _library_choices(
     Dynamo's fake-tensor mode)."""
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    from torch_rc.backends.library import choose_library_nodes
-
     with unset_fake_temporarily():
         return choose_library_nodes(sub, target, options, database)
 
@@ -307,15 +307,12 @@ def tuning_database(options: Options, target: TargetInfo) -> Any:
     (or this compile tunes); None otherwise, so untuned compiles never import MetaSchedule."""
     if not options.cache:
         return None
-    from torch_rc.cache.location import open_store
 
     store = open_store(options.store_location())
     if store is None:
         return None
     if not options.tuning and not store.stats().get("records", 0):
         return None
-    from torch_rc.cache.ms_database import make_database
-    from torch_rc.platform.tvm_shim import prepare_meta_schedule
 
     prepare_meta_schedule("cuda" if target.kind == "cuda" else "llvm")
     return make_database(store, target.key)

@@ -14,7 +14,13 @@ from typing import Any
 import torch
 import torch.fx
 
-from torch_rc.backends.artifact import CompiledGraph, KernelBlob, options_dict, stored_kernels
+from torch_rc.backends.artifact import (
+    CompiledGraph,
+    KernelBlob,
+    options_dict,
+    ring_of,
+    stored_kernels,
+)
 from torch_rc.backends.compiler import GraphReport, compile_aten_graph, static_input_positions
 from torch_rc.backends.decisions import Decision, Machine, decisions_from_json
 from torch_rc.backends.decompositions import decomposition_table
@@ -24,9 +30,11 @@ from torch_rc.backends.specialize import SpecializingGraph, has_symbolic_shapes
 from torch_rc.cache.interface import TuningStore
 from torch_rc.cache.keys import artifact_key
 from torch_rc.cache.location import open_store
+from torch_rc.errors import TVMVersionError
 from torch_rc.options import TUNING_OPTIONS, Options
 from torch_rc.platform.target import detect_target, graph_device, target_key
 from torch_rc.platform.threads import set_thread_cap
+from torch_rc.platform.tvm_shim import prepare_cuda_compiler
 
 __all__ = ["reasoning", "compile_graph"]
 
@@ -181,8 +189,6 @@ def _build_and_store(
     store: TuningStore,
     details: Any,
 ) -> tuple[CompiledGraph, GraphReport]:
-    from torch_rc.backends.artifact import ring_of
-
     compiled, report = compile_graph(gm, example, options, report_sink, use_cache=False)
     if report.target.startswith("none"):
         return compiled, report  # nothing was built; the graph runs in PyTorch
@@ -413,8 +419,6 @@ def _unsupported_device(device: torch.device) -> str:
         return ""
     if device.type != "cuda":
         return f"{device.type} graphs run in PyTorch (torch_rc compiles for CPUs and CUDA GPUs)"
-    from torch_rc.errors import TVMVersionError
-    from torch_rc.platform.tvm_shim import prepare_cuda_compiler
 
     try:
         prepare_cuda_compiler()

@@ -28,7 +28,10 @@ from typing import Any
 import torch
 import torch.fx
 
+from torch_rc.backends.support import op_name
 from torch_rc.options import Options
+from torch_rc.passes.build import build_executable
+from torch_rc.platform.timing import compare
 
 __all__ = [
     "LIBRARY_OPS",
@@ -72,8 +75,6 @@ class Product:
 
 def product_of(node: torch.fx.Node) -> Product | None:
     """The product a node computes, if it is a library candidate."""
-    from torch_rc.backends.support import op_name
-
     name = op_name(node.target)
     if node.op != "call_function" or name not in LIBRARY_OPS:
         return None
@@ -108,8 +109,6 @@ def emit_library_call(importer: Any, node: torch.fx.Node) -> Any:
     """The Relax expression of ``node`` with its product computed by the library kernel (for
     ``addmm``: bias, alpha and beta applied by TVM around it, where they fuse with what follows)."""
     from tvm import relax
-
-    from torch_rc.backends.support import op_name
 
     name = op_name(node.target)
     emit = importer.block_builder.emit
@@ -220,8 +219,6 @@ def _measure(
 ) -> Choice:
     """Time the product with its epilogue as TVM builds it (one fused kernel; its tuned record
     applies) against the library product followed by TVM's epilogue kernel."""
-    from torch_rc.platform.timing import compare
-
     try:
         graph, args = _subgraph(group)
         tvm_side = _build(graph, args, target, options, database, library=())
@@ -278,9 +275,9 @@ def _build(
     database: Any,
     library: Any,
 ) -> Any:
+    # Lazy: lower.py and runtime.py import this module; timing a product builds through them.
     from torch_rc.backends.lower import lower_partition
     from torch_rc.backends.runtime import KernelSignature, TVMKernel
-    from torch_rc.passes.build import build_executable
 
     values = [n.meta["val"] for n in graph.graph.nodes if n.op == "placeholder"]
     lowered = lower_partition(graph, values, (), library)

@@ -10,6 +10,7 @@ import torch.fx
 
 from torch_rc.backends.converters import install as install_extra_converters
 from torch_rc.backends.library import emit_library_call
+from torch_rc.backends.support import op_name
 from torch_rc.errors import LoweringError
 from torch_rc.platform.tvm_shim import tvm_api
 
@@ -136,8 +137,6 @@ def lower_partition(
 
 
 def _name(target: object) -> str:
-    from torch_rc.backends.support import op_name
-
     return op_name(target)
 
 

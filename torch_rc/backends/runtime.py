@@ -26,9 +26,12 @@ from typing import Any
 
 import torch
 
+from torch_rc.backends.library import register_library_kernels
 from torch_rc.backends.lower import TensorSpec
 from torch_rc.errors import InputMismatchError
 from torch_rc.platform.target import TargetInfo
+from torch_rc.platform.threads import route_library
+from torch_rc.platform.tvm_shim import export_library, load_cpu_vm, prepare_cuda_compiler, tvm_api
 
 __all__ = ["KernelSignature", "TVMKernel"]
 
@@ -109,13 +112,8 @@ class TVMKernel:
         """A kernel from exported shared-library bytes. On the CPU without importing ``tvm`` (a
         warm start then pays ~0.03 s for tvm-ffi instead of ~1.4 s for the compiler stack); on a
         GPU through ``tvm`` (its CUDA kernels are compiled when the library is loaded)."""
-        from torch_rc.platform.threads import route_library
-        from torch_rc.platform.tvm_shim import load_cpu_vm, tvm_api
-
         gpu = target if target is not None and target.kind == "cuda" else None
         if signature.library:
-            from torch_rc.backends.library import register_library_kernels
-
             register_library_kernels()
         with tempfile.TemporaryDirectory(prefix="torch_rc_") as tmp:
             path = os.path.join(tmp, "kernel.so")
@@ -136,8 +134,6 @@ class TVMKernel:
     ) -> TVMKernel:
         """A kernel from a freshly built Relax executable (exported, then loaded like a cached
         one, so both run the same way)."""
-        from torch_rc.platform.tvm_shim import export_library
-
         return cls.from_library(export_library(executable), signature, name, target)
 
     # ----------------------------------------------------------------------------- calling
@@ -225,8 +221,6 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
 
 def _start_vm(module: Any, target: TargetInfo) -> Any:
     """A Relax VM for a loaded library on ``target``'s device."""
-    from torch_rc.platform.tvm_shim import prepare_cuda_compiler, tvm_api
-
     api = tvm_api()
     if target.kind != "cuda":
         return api.relax.VirtualMachine(module, target.tvm_device()).module

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.fx
 
+from torch_rc.backends.converters import EXTRA_CONVERTERS
 from torch_rc.options import Options
 
 __all__ = ["unsupported_reason", "converter_names", "op_name", "is_compute_node"]
@@ -70,8 +71,6 @@ def tvm_converter_names() -> frozenset[str]:
 @functools.cache
 def converter_names() -> frozenset[str]:
     """Names (``"add.Tensor"``, ``"getitem"``) that TVM's importer or torch_rc's extras convert."""
-    from torch_rc.backends.converters import EXTRA_CONVERTERS
-
     return tvm_converter_names() | frozenset(EXTRA_CONVERTERS)
 
 

@@ -38,6 +38,7 @@ from torch_rc.cache.payload import pack, unpack
 from torch_rc.cache.records import TuningRecord
 from torch_rc.cache.signing import KeyRing
 from torch_rc.errors import CacheError
+from torch_rc.platform.target import describe_target_key
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -68,8 +69,6 @@ class BundleLimits:
 
 def describe_refusal(summary: ImportSummary, local_targets: Collection[str]) -> str:
     """Why nothing in a bundle was usable, naming the bundle's targets and this machine's."""
-    from torch_rc.platform.target import describe_target_key
-
     made_for = ", ".join(describe_target_key(t) for t in summary.targets if t) or "unknown"
     here = ", ".join(describe_target_key(t) for t in local_targets)
     return (

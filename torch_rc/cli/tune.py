@@ -48,7 +48,9 @@ from torch_rc.cli.inputs import (
     show_default=True,
     help="Real measurements to spend (split over the kernels by FLOPs).",
 )
-@click.option("--time-limit", default=0.0, help="Wall-clock limit in seconds (0: trials only).")
+@click.option(
+    "--time-limit", default=0.0, help="Wall-clock limit of all tuning, seconds (0: trials only)."
+)
 @click.option(
     "--method", type=click.Choice(["mcts", "evolutionary"]), default="mcts", show_default=True
 )
@@ -96,7 +98,6 @@ def tune(
     Ctrl-C stops tuning and keeps what was tuned. Then: torch-rc report.
     """
     options: dict[str, Any] = {
-        "tune_time_s": time_limit,
         "tune_method": method,
         "tune_seed": seed,
         "progress": not no_progress,
@@ -109,7 +110,7 @@ def tune(
     )
     if trials < 1:
         raise click.BadParameter("must be >= 1", param_hint="--trials")
-    from torch_rc.options import Options
+    from torch_rc.options import Options, with_budget
 
     Options.resolve(options)  # bad options (flags or TORCH_RC_*) fail before any work
     import torch_rc
@@ -131,7 +132,13 @@ def tune(
                 f"{tir}: the IRModule has no 'main' PrimFunc", param_hint="--tir"
             )
         place(None, [], device)  # validates --device
-        runs = [torch_rc.tune_tir(mod, trials=trials, options=options, device=device)]
+        runs = [
+            torch_rc.tune_tir(
+                mod,
+                options=with_budget(options, trials=trials, time_limit_s=time_limit),
+                device=device,
+            )
+        ]
     else:
         if not model:
             raise click.UsageError("give MODEL (package.module:factory) or --tir FILE; see --help")
@@ -140,7 +147,9 @@ def tune(
         examples = [parse_input(i) for i in inputs]
         placed, examples = place(load_any_model(model), examples, device)
         check_runs(placed, examples, "--input")
-        report = torch_rc.tune(placed, examples, trials=trials, options=options)
+        report = torch_rc.tune(
+            placed, examples, options=with_budget(options, trials=trials, time_limit_s=time_limit)
+        )
         runs = report.runs
         if report.max_abs_error is not None:
             console.print(f"compiled model vs eager: max abs error {report.max_abs_error:.2e}")

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from torch_rc.platform.hardware import AnyHardware, GPUHardware
+from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.mcts import Context, Proposal
 from torch_rc.tuning.space import Decision, DesignSpace, ScheduleState
 
@@ -51,8 +52,6 @@ def _smallest_prime(n: int) -> int:
 
 def _dtype_bits(space: DesignSpace) -> int:
     """Bits of the workload's output dtype (the vector lanes depend on it)."""
-    from torch_rc.platform.tvm_shim import tvm_api
-
     cached = getattr(space, "_output_bits", None)
     if cached is not None:
         return cached

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +25,14 @@ from typing import Any
 
 from torch_rc.cache.keys import workload_key
 from torch_rc.options import Options
+from torch_rc.passes.build import legalize_and_fuse_passes, per_call_module
+from torch_rc.passes.schedule import default_schedule_pass, gpu_default_schedule_pass
 from torch_rc.platform.hardware import AnyHardware, host_hardware
-from torch_rc.platform.tvm_shim import tvm_api
+from torch_rc.platform.tvm_shim import prepare_meta_schedule, tvm_api
+from torch_rc.tuning.llm_client import LLMClient, LLMConfig
+from torch_rc.tuning.llm_proposer import LLMProposer
 from torch_rc.tuning.measure import Measurer
+from torch_rc.tuning.pool import PoolProposer, parse_pool
 from torch_rc.tuning.progress import TuningDisplay
 from torch_rc.tuning.rules import RuleProposer
 from torch_rc.tuning.scheduler import Slot, TaskScheduler
@@ -37,7 +43,29 @@ __all__ = ["Task", "TuningRun", "extract_tasks", "tune_modules", "runs_dir"]
 
 logger = logging.getLogger(__name__)
 
-_spent_s = 0.0  # tuning wall time spent in this process (for tune_total_s)
+
+class ProcessClock:
+    """Tuning seconds spent in this process. ``tune_total_s`` caps all tuning a process does
+    (every graph Dynamo hands the backend, every warm-up bucket), so this one count is per process
+    on purpose; it is the module's only mutable state, and thread-safe."""
+
+    def __init__(self) -> None:
+        self._spent_s = 0.0
+        self._lock = threading.Lock()
+
+    def left_s(self, total_s: float) -> float:
+        """Seconds left of a ``total_s`` cap (inf without one)."""
+        if not total_s:
+            return math.inf
+        with self._lock:
+            return max(total_s - self._spent_s, 0.0)
+
+    def spend(self, seconds: float) -> None:
+        with self._lock:
+            self._spent_s += seconds
+
+
+PROCESS_CLOCK = ProcessClock()
 
 
 @dataclass
@@ -118,8 +146,6 @@ def runs_dir(options: Options) -> Path:
 def _legalized(mod: Any, target: Any) -> Any:
     """The fused kernels the build runs on every call (weight transforms, which run once per
     weights, are lifted out and not tuned)."""
-    from torch_rc.passes.build import legalize_and_fuse_passes, per_call_module
-
     with target:
         return tvm_api().tvm.transform.Sequential(legalize_and_fuse_passes(target))(
             per_call_module(mod)
@@ -129,8 +155,6 @@ def _legalized(mod: Any, target: Any) -> Any:
 def extract_tasks(mods: list[Any], target: Any) -> list[Task]:
     """The distinct fused TIR kernels of Relax modules, with weights and FLOP estimates."""
     from tvm.s_tir.analysis import estimate_tir_flops
-
-    from torch_rc.platform.tvm_shim import prepare_meta_schedule
 
     prepare_meta_schedule(str(target.kind.name))
     ms = tvm_api().s_tir.meta_schedule
@@ -155,8 +179,6 @@ def _proposer(space: DesignSpace, options: Options, hardware: Any) -> Any:
     if not options.llm_enabled:
         return rules
     if options.llm_models:
-        from torch_rc.tuning.pool import PoolProposer, parse_pool
-
         models = parse_pool(
             options.llm_models, timeout_s=options.llm_timeout_s, mode=options.llm_mode
         )
@@ -167,9 +189,6 @@ def _proposer(space: DesignSpace, options: Options, hardware: Any) -> Any:
             escalate_every=options.llm_escalate_every,
             lam=options.llm_pool_lambda,
         )
-    from torch_rc.tuning.llm_client import LLMClient, LLMConfig
-    from torch_rc.tuning.llm_proposer import LLMProposer
-
     config = LLMConfig(
         base_url=options.llm_base_url,
         model=options.llm_model or "gpt-4o-mini",
@@ -187,7 +206,6 @@ def tune_modules(
     options: Options,
     database: Any,
     *,
-    trials: int | None = None,
     tasks: list[Task] | None = None,
     hardware: AnyHardware | None = None,
 ) -> TuningRun:
@@ -196,7 +214,6 @@ def tune_modules(
     Args:
         database: The store-backed MetaSchedule database (``torch_rc.cache.ms_database``);
             verified winners are promoted into it. None tunes without storing.
-        trials: Overrides ``options.trials``.
         tasks: TIR workloads to tune instead of (or as well as) the kernels of ``mods``.
         hardware: What the proposers are told about the machine (default: this host's CPU;
             CUDA targets pass their GPU's).
@@ -206,9 +223,7 @@ def tune_modules(
 
     with unset_fake_temporarily():
         hardware = hardware or host_hardware(options.num_threads or None)
-        return _tune_modules(
-            mods, target, target_key, options, database, trials, tasks or [], hardware
-        )
+        return _tune_modules(mods, target, target_key, options, database, tasks or [], hardware)
 
 
 def _tune_modules(
@@ -217,12 +232,10 @@ def _tune_modules(
     target_key: str,
     options: Options,
     database: Any,
-    trials: int | None,
     extra: list[Task],
     hardware: AnyHardware,
 ) -> TuningRun:
-    global _spent_s
-    budget = options.trials if trials is None else trials
+    budget = options.trials
     proposer_label = (
         "llm:" + (options.llm_model or "gpt-4o-mini") if options.llm_enabled else "builtin"
     )
@@ -234,13 +247,10 @@ def _tune_modules(
     )
     start = time.monotonic()
     deadline = start + options.tune_time_s if options.tune_time_s else math.inf
-    if options.tune_total_s:
-        deadline = min(deadline, start + max(options.tune_total_s - _spent_s, 0.0))
+    deadline = min(deadline, start + PROCESS_CLOCK.left_s(options.tune_total_s))
     run.tasks = extract_tasks(mods, target) if mods else []
     for task in extra:
         from tvm.s_tir.analysis import estimate_tir_flops
-
-        from torch_rc.platform.tvm_shim import prepare_meta_schedule
 
         prepare_meta_schedule(str(target.kind.name))
         task.key = workload_key(task.mod["main"])
@@ -261,7 +271,7 @@ def _tune_modules(
     except KeyboardInterrupt:
         run.interrupted = True
     run.seconds = time.monotonic() - start
-    _spent_s += run.seconds
+    PROCESS_CLOCK.spend(run.seconds)
     if run.interrupted:
         logger.warning(
             "torch_rc: tuning interrupted; %d kernels tuned so far are kept",
@@ -392,8 +402,6 @@ def _conclude(task: Task, database: Any, target: Any, proposer: str) -> None:
 def _default_latency(mod: Any, measurer: Measurer) -> float | None:
     """Latency of ``mod`` with the default schedule (what an untuned build runs: torch_rc's CPU
     rule, or dlight's GPU rules)."""
-    from torch_rc.passes.schedule import default_schedule_pass, gpu_default_schedule_pass
-
     try:
         # dlight's ApplyDefaultSchedule changes its input module in place (docs/tvm-facts.md):
         # schedule a deep copy so the task's module (and its key) stay as extracted.

@@ -22,6 +22,7 @@ from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.cost_model import XGBCostModel, make_xgb_model
 from torch_rc.tuning.mcts import search
 from torch_rc.tuning.measure import Measurement, Measurer
+from torch_rc.tuning.rules import rule_score
 from torch_rc.tuning.space import DesignSpace, ScheduleState
 
 __all__ = ["METHODS", "Step", "TaskSearch", "TuneResult", "tune_workload"]
@@ -370,8 +371,6 @@ def _pick_root(
 ) -> ScheduleState:
     """The start of the search: the best of ``samples`` random states under the hardware rules
     (random walks of TVM's own mutators from each sketch; no measurement is spent on them)."""
-    from torch_rc.tuning.rules import rule_score
-
     states = space.initial_states()
     actions = list(space.mutator_probs)
     weights = list(space.mutator_probs.values())
