@@ -3,7 +3,7 @@
     # on the build machine (once):
     torch-rc warmup examples.serving.model:build_model --input 1x16:int64 \\
         --bucket 1x16 --bucket 1x32 --batch-sizes 1,2,4 --trials 64 --bundle model.trc
-    # on every replica:
+    # on every replica (pip install -e '.[serving]' for FastAPI and uvicorn):
     SERVE_BUNDLE=model.trc SERVE_BUCKETS="1x16;1x32" SERVE_BATCH_SIZES=1,2,4 \\
         uvicorn examples.serving.app:app --host 127.0.0.1 --port 8000
 
@@ -23,8 +23,14 @@ import threading
 import time
 
 import torch
-from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel
+
+try:
+    from fastapi import FastAPI, HTTPException
+    from pydantic import BaseModel
+except ImportError as exc:  # the core install stays lean: the server is an extra
+    raise SystemExit(
+        "the serving example needs FastAPI and uvicorn: pip install -e '.[serving]'"
+    ) from exc
 
 from examples.serving.model import VOCAB, build_model, example_inputs
 

@@ -42,6 +42,7 @@ def test_backend_result_is_serializable_and_round_trips_in_process():
 SAVE_AND_LOAD = textwrap.dedent(
     """
     import io, sys, torch
+    from torch_rc.testing import assert_outputs_match
     from torch import nn
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 8), nn.LayerNorm(8)).eval()

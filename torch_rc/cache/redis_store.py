@@ -83,8 +83,10 @@ class RedisStore:
     ) -> None:
         try:
             import redis
-        except ImportError as exc:  # pragma: no cover - redis is a dependency
-            raise CacheError("the redis package is needed for a redis:// cache_url") from exc
+        except ImportError as exc:  # an extra: the core install has no redis client
+            raise CacheError(
+                "a redis:// cache_url needs the redis client: pip install 'torch_rc[redis]'"
+            ) from exc
         self.url = url
         self.path = None
         self.degraded: str | None = None
