@@ -16,6 +16,7 @@ from torch_rc.errors import (
     VerificationError,
 )
 from torch_rc.explain import CoverageReport, explain
+from torch_rc.onnx_model import OnnxModel, load_onnx
 from torch_rc.options import Options
 
 __version__ = "0.1.0"
@@ -23,6 +24,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Options",
     "explain",
+    "load_onnx",
+    "OnnxModel",
     "tune",
     "tune_tir",
     "TuneReport",

@@ -3,6 +3,7 @@ files, ``1x128:float32`` shapes; each checked by running the eager model once.""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -103,12 +104,6 @@ def load_any_model(spec: str) -> Any:
     import os
 
     lowered = spec.lower()
-    if lowered.endswith(".onnx"):
-        raise click.BadParameter(
-            f"{spec}: ONNX models are not supported yet; export the model with torch.export "
-            "(.pt2) or give a package.module:factory",
-            param_hint="MODEL",
-        )
     if lowered.endswith((".pt", ".ts", ".torchscript")):
         raise click.BadParameter(
             f"{spec}: TorchScript files are not supported (Dynamo cannot trace ScriptModules); "
@@ -133,3 +128,12 @@ def load_any_model(spec: str) -> Any:
 def parse_bucket(spec: str) -> list[tuple[int, ...]]:
     """``1x128`` or ``1x128,1x128`` (one shape per tensor input; dtypes come from --input)."""
     return [tuple(dims(spec, part.split(":")[0], "--bucket")) for part in spec.split(",")]
+
+
+def onnx_file(spec: str | None) -> bool:
+    """Whether MODEL names an ONNX file (which must exist: a clear error otherwise)."""
+    if not spec or not spec.lower().endswith(".onnx"):
+        return False
+    if not os.path.isfile(spec):
+        raise click.BadParameter(f"{spec} does not exist", param_hint="MODEL")
+    return True

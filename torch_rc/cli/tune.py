@@ -24,6 +24,7 @@ from torch_rc.cli.common import (
 from torch_rc.cli.inputs import (
     check_runs,
     load_any_model,
+    onnx_file,
     parse_input,
 )
 
@@ -85,13 +86,15 @@ def tune(
     cache_url: str | None,
     no_progress: bool,
 ) -> None:
-    """Tune MODEL (package.module:factory, with --input per example input) or one TIR workload
+    """Tune MODEL (package.module:factory or an ExportedProgram .pt2, with --input per example
+    input; or an ONNX file, .onnx, whose static shapes need no --input) or one TIR workload
     (--tir FILE), and store verified schedules in the cache for every later compile.
 
     \b
     Examples:
       torch-rc tune mymodels:build_mlp --input 32x256 --trials 128
       torch-rc tune mymodels:bert --input 1x128:int64 --llm-url http://127.0.0.1:8080/v1 --llm-model gemma-3-270m
+      torch-rc tune model.onnx --input 1x3x224x224 --trials 64
       torch-rc tune --tir matmul.py --trials 64 --method evolutionary
       torch-rc tune mymodels:build_mlp --input 256x1024 --device cuda --trials 256
 
@@ -122,9 +125,12 @@ def tune(
 
         try:
             mod = tvm_api().tvm.script.from_source(open(tir).read())
-        except Exception as exc:  # a parse error: one line, naming the file
+        except Exception as exc:  # a parse error: TVM's whole diagnostic, naming the file
+            diagnostic = "\n".join(str(exc).strip().splitlines()[:30])
             raise click.BadParameter(
-                f"{tir}: not a TVMScript IRModule: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}",
+                f"{tir}: not a TVMScript IRModule ({type(exc).__name__}); expected TVM 0.27's "
+                "dialect (T.sblock, @T.prim_func(s_tir=True); see examples/tir/matmul_relu.py):\n"
+                f"{diagnostic}",
                 param_hint="--tir",
             ) from None
         if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
@@ -139,6 +145,20 @@ def tune(
                 device=device,
             )
         ]
+    elif onnx_file(model):
+        if device != "cpu":
+            raise click.BadParameter("ONNX models compile for the CPU", param_hint="--device")
+        examples = [parse_input(i) for i in inputs] or None
+        loaded = torch_rc.load_onnx(
+            model,
+            examples,
+            options={
+                **with_budget(options, trials=trials, time_limit_s=time_limit),
+                "tune": "auto",
+            },
+        )
+        console.print(loaded.report.describe())
+        runs = [loaded.report.tuning] if loaded.report.tuning is not None else []
     else:
         if not model:
             raise click.UsageError("give MODEL (package.module:factory) or --tir FILE; see --help")

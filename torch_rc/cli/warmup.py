@@ -22,6 +22,7 @@ from torch_rc.cli.common import (
 from torch_rc.cli.inputs import (
     check_runs,
     load_any_model,
+    onnx_file,
     parse_bucket,
     parse_input,
 )
@@ -85,7 +86,8 @@ def warmup(
     """Compile (and with --trials tune) MODEL for every shape bucket, fill the cache, and
     optionally write a bundle that serving replicas load with zero tuning.
 
-    MODEL is package.module:factory or an ExportedProgram file (.pt2).
+    MODEL is package.module:factory, an ExportedProgram file (.pt2) or an ONNX file (.onnx;
+    checked against onnxruntime, its tuned records go to the cache and the bundle).
 
     \b
     Example:
@@ -116,6 +118,9 @@ def warmup(
     from torch_rc.options import Options
 
     Options.resolve(options)  # bad options (flags or TORCH_RC_*) fail before any work
+    if onnx_file(model):
+        _warmup_onnx(model, examples, shapes, options, trials, time_limit, device, bundle)
+        return
     loaded, examples = place(load_any_model(model), examples, device)
     from torch_rc.serving import inputs_like
 
@@ -155,3 +160,29 @@ def warmup(
     if report.interrupted:
         console.print("[yellow]interrupted; what was warmed is in the cache[/]")
         sys.exit(130)
+
+
+def _warmup_onnx(
+    model: str,
+    examples: list[Any],
+    shapes: list[list[tuple[int, ...]]],
+    options: dict[str, Any],
+    trials: int,
+    time_limit: float,
+    device: str,
+    bundle: str | None,
+) -> None:
+    from torch_rc.onnx_model import warmup_onnx
+    from torch_rc.options import with_budget
+    from torch_rc.serving import inputs_like
+
+    if device != "cpu":
+        raise click.BadParameter("ONNX models compile for the CPU", param_hint="--device")
+    if not examples:
+        raise click.UsageError("give --input SHAPE[:DTYPE] for each input of the ONNX model")
+    buckets = [inputs_like(examples, bucket, seed=i) for i, bucket in enumerate(shapes)]
+    merged = {**with_budget(options, trials=trials, time_limit_s=time_limit), "tune": "auto"}
+    for report in warmup_onnx(model, buckets, options=merged, bundle=bundle):
+        console.print(f"{[list(s) for _, s, _ in report.inputs]}: {report.describe()}")
+    if bundle:
+        console.print(f"bundle: {bundle}")
