@@ -64,6 +64,20 @@ def test_replica_from_bundle_hits_the_cache_and_counts_misses(warmed, tmp_path):
     assert serving.stats()["misses"] == 1 and serving.stats()["miss_shapes"] == {"[[5, 16]]": 1}
 
 
+def test_a_replica_with_another_thread_count_uses_the_bundles_kernels(warmed, tmp_path):
+    root, _ = warmed  # warmed with this process's thread count
+    serving = ServingModel(
+        build_model(),
+        example_inputs(),
+        BUCKETS,
+        bundle=str(root / "b.trc"),
+        options={"cache_dir": str(tmp_path), "num_threads": 1},
+    )
+    stats = serving.stats()
+    # Kernels are the same for any thread count: hits, no builds; decisions are re-measured.
+    assert stats["cache_hits"] == stats["graphs"] == 2 and stats["tuning_runs"] == 0
+
+
 def test_bad_bundles_are_clear_errors_and_write_nothing(warmed, tmp_path):
     root, _ = warmed
     corrupted = tmp_path / "bad.trc"
@@ -116,7 +130,7 @@ def test_inputs_like_keeps_dtypes_and_token_range():
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        ("model.onnx", "ONNX models are not supported yet"),
+        ("model.onnx", "model.onnx does not exist"),
         ("model.pt", "TorchScript files are not supported"),
         ("missing.pt2", "missing.pt2 does not exist"),
         ("no_such_pkg:build", "cannot import 'no_such_pkg'"),

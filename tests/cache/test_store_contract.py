@@ -84,6 +84,17 @@ def test_prune_by_age_and_tvm_version_and_artifacts_only_by_age(location):
     assert store.stats()["records"] == 0 and store.artifacts() == []
 
 
+def test_a_miss_names_the_options_that_differ(location):
+    store = make_store(location)
+    options = {"select": "measure", "trials": 0, "rtol": 0.0}
+    store.put_artifact(
+        KeyDetails("artifact", {"graph": "g", "options": json.dumps(options)}), b"x", {}
+    )
+    other = json.dumps({**options, "select": "tvm", "trials": 8})
+    assert store.get_artifact(KeyDetails("artifact", {"graph": "g", "options": other})) is None
+    assert store.recent_misses(1)[0]["differing"] == ["options (select, trials)"]
+
+
 def test_a_miss_names_its_nearest_entry_in_the_log(location, caplog):
     store = make_store(location)
     store.put_artifact(KeyDetails("artifact", {"graph": "g", "options": "1"}), b"x", {})

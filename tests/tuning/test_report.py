@@ -5,7 +5,7 @@ import json
 import pytest
 from rich.console import Console
 
-from torch_rc.tuning.report import load_run, plot_run, print_run
+from torch_rc.tuning.report import load_run, plot_run, print_run, run_title
 
 RUN = {
     "method": "mcts",
@@ -79,6 +79,8 @@ def test_report_shows_results_path_rationale_and_pool_accounting(tmp_path):
     assert "2.00x" in text and "vectorise j" in text and "[llm:small] set d7" in text
     assert "0.6000 ms with default schedules -> 0.2000 ms tuned (3.00x)" in text
     assert "model pool" in text and "67%" in text and "1 (1)" in text and "50%" in text
+    assert run_title({**RUN, "created": 2_721_600}).startswith("tuning run 1970-02-01")
+    assert "mcts, proposer pool, 8 trials, 3.0 s; CPU" in run_title(RUN)
     assert plot_run(RUN, tmp_path / "c.png") == 1
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -128,8 +128,8 @@ def artifact_key(
 
     Parts: the graph's code (ops, attributes, structure), its input specs (shapes, strides,
     dtypes, devices, requires_grad), baked-in constants, grad mode, every option, versions,
-    target, and the tuning records the build used (so an improved record invalidates the
-    artifact). Parameter values are graph inputs, not part of the code, so retrained weights of
+    target, and ``tuning_records`` when a caller names them (the backend does not: a compile
+    that tunes replaces the artifact instead; see README "The persistent cache"). Parameter values are graph inputs, not part of the code, so retrained weights of
     the same architecture hit the same artifact (the kernels take weights as arguments).
     """
     parts = environment_parts(target_description)

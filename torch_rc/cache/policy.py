@@ -13,6 +13,7 @@ storage under it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -64,16 +65,34 @@ def record_rank(record: TuningRecord) -> tuple[bool, float, int]:
 def nearest_miss(details: KeyDetails, stored: Iterable[tuple[str, str]]) -> dict[str, Any]:
     """The miss entry for ``details`` against ``stored`` (key, parts JSON) pairs: the nearest key
     and the parts it differs in (every part when nothing is stored). Logged when there is one."""
-    nearest, differing = None, sorted(details.parts)
+    nearest, differing, nearest_parts = None, sorted(details.parts), None
     for key, parts in stored:
-        diff = details.differences(KeyDetails.from_json(parts))
+        other = KeyDetails.from_json(parts)
+        diff = details.differences(other)
         if len(diff) < len(differing):
-            nearest, differing = key, diff
+            nearest, differing, nearest_parts = key, diff, other
+    if nearest_parts is not None and "options" in differing:
+        named = _option_differences(details.parts["options"], nearest_parts.parts.get("options"))
+        if named:
+            differing = [
+                f"options ({', '.join(named)})" if d == "options" else d for d in differing
+            ]
     if nearest is not None:
         logger.info(
             "torch_rc: cache miss %s: nearest entry differs in %s", details.key[:12], differing
         )
     return {"key": details.key, "nearest": nearest, "differing": differing, "at": time.time()}
+
+
+def _option_differences(mine: str, theirs: str | None) -> list[str]:
+    """The option names that differ between two keys' ``options`` parts (JSON objects)."""
+    try:
+        a, b = json.loads(mine), json.loads(theirs or "")
+    except (TypeError, ValueError):
+        return []
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return []
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 def stats(

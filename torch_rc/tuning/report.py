@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,19 @@ def _print_pool(tasks: list[dict[str, Any]], console: Console) -> None:
     console.print(table)
 
 
+def run_title(run: dict[str, Any]) -> str:
+    """One line naming a run: when, how, how much, on what."""
+    when = (
+        time.strftime("%Y-%m-%d %H:%M", time.localtime(run["created"]))
+        if run.get("created")
+        else ""
+    )
+    return (
+        f"tuning run {when}: {run['method']}, proposer {run['proposer']}, {run['trials']} trials, "
+        f"{run['seconds']} s; {str(run.get('hardware', '')).split(':')[0]}"
+    ).replace("run :", "run:")
+
+
 def plot_run(run: dict[str, Any], path: Path) -> int:
     """Best latency vs samples, one panel per tuned kernel; returns the number of panels."""
     import matplotlib
@@ -183,6 +197,7 @@ def plot_run(run: dict[str, Any], path: Path) -> int:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
+    fig.suptitle(run_title(run), fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
