@@ -178,6 +178,8 @@ def test_tune_a_model_then_report(tmp_path, monkeypatch):
         and "tuned" in result.output
         and "run log:" in result.output
     )
+    # What the compiled model runs after tuning, against eager, is said.
+    assert "graph 0: runs" in result.output and "eager" in result.output
     report = cli("report", "--cache-dir", cache, "--out", str(tmp_path / "curves.png"))
     assert report.exit_code == 0 and "path to the best schedule" in report.output
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"

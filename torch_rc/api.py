@@ -35,6 +35,27 @@ class TuneReport:
     runs: list[TuningRun] = field(default_factory=list)
     compiled: Any = None
     max_abs_error: float | None = None  # compiled vs eager on the example inputs
+    graphs: list[GraphReport] = field(default_factory=list)  # what each graph runs, and why
+
+    def what_runs(self) -> list[str]:
+        """One line per Dynamo graph: what the compiled model runs for it after tuning (the
+        compiled graph or the original, eagerly), with both timings and the reason."""
+        lines = []
+        for graph in self.graphs:
+            timing = ""
+            if graph.compiled_ms is not None and graph.eager_ms is not None:
+                timing = (
+                    f" (compiled {graph.compiled_ms:.3f} ms, eager {graph.eager_ms:.3f} ms, "
+                    f"{graph.eager_ms / graph.compiled_ms:.2f}x)"
+                )
+            state = f", {graph.decision.state}" if graph.decision is not None else ""
+            runs = "the compiled graph" if graph.choice == "compiled" else f"{graph.choice}"
+            lines.append(
+                f"graph {graph.index}: runs {runs}{state}{timing}: {graph.choice_reason}".rstrip(
+                    ": "
+                )
+            )
+        return lines
 
     @property
     def tasks(self) -> list[Any]:
@@ -80,7 +101,7 @@ def tune(
     with torch.no_grad():
         got = compiled(*example_inputs)
         want = model(*example_inputs)
-    report = TuneReport([g.tuning for g in sink if g.tuning is not None], compiled)
+    report = TuneReport([g.tuning for g in sink if g.tuning is not None], compiled, graphs=sink)
     report.max_abs_error = max_abs_error(want, got)
     return report
 

@@ -173,6 +173,8 @@ def tune(
         runs = report.runs
         if report.max_abs_error is not None:
             console.print(f"compiled model vs eager: max abs error {report.max_abs_error:.2e}")
+        for line in report.what_runs():
+            console.print(line)
     from torch_rc.tuning.report import print_run
 
     for run in runs:
