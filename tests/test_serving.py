@@ -54,7 +54,7 @@ def test_replica_from_bundle_hits_the_cache_and_counts_misses(warmed, tmp_path):
     assert stats["cache_hits"] == stats["graphs"] == 2 and stats["tuning_runs"] == 0
     x = torch.randint(0, 1000, (2, 16))
     out, compiled = serving.run(x)
-    assert compiled
+    assert compiled == ("[[2, 16]]" not in serving.stats()["buckets_running_eager"])
     y = torch.randint(0, 1000, (5, 16))
     out2, compiled2 = serving.run(y)
     assert not compiled2
@@ -190,3 +190,23 @@ def test_warmup_on_a_read_only_location_fails_up_front(tmp_path):
     blocker.write_text("")
     with pytest.raises(CacheError, match="would be lost"):
         warmup(build_model(), example_inputs(), options={"cache_dir": str(blocker / "c")})
+
+
+def test_a_warmed_bucket_that_runs_eager_says_so(tmp_path):
+    # select="torch": every partition runs in PyTorch, so the graph's first call chooses eager.
+    report = warmup(
+        build_model(),
+        example_inputs(),
+        shapes=[[(1, 16)]],
+        options={"cache_dir": str(tmp_path), "select": "torch"},
+    )
+    assert report.buckets[0].eager and report.buckets[0].runs.startswith("runs eager in 1 of 1")
+    serving = ServingModel(
+        build_model(),
+        example_inputs(),
+        [[(1, 16)]],
+        options={"cache_dir": str(tmp_path), "select": "torch"},
+    )
+    _, compiled = serving.run(torch.randint(0, 1000, (1, 16)))
+    assert serving.hits == 1 and not compiled  # a warmed bucket, but the original ran
+    assert list(serving.stats()["buckets_running_eager"]) == ["[[1, 16]]"]

@@ -84,6 +84,14 @@ class BucketResult:
     tuned_kernels: int
     samples: int
     mismatch: str = ""  # why the compiled bucket does not match eager (empty: it matches)
+    eager: list[str] = field(default_factory=list)  # graphs whose first call chose eager, and why
+
+    @property
+    def runs(self) -> str:
+        """What the bucket runs after its first call: compiled code, or (some graphs) eager."""
+        if not self.eager:
+            return "runs compiled"
+        return f"runs eager in {len(self.eager)} of {self.graphs} graphs ({'; '.join(self.eager)})"
 
 
 @dataclass
@@ -92,6 +100,19 @@ class WarmupReport:
     bundle: str = ""
     interrupted: bool = False
     seconds: float = 0.0
+
+
+def _eager_graphs(reports: Sequence[Any]) -> list[str]:
+    """Why each graph runs in PyTorch after its first call: its original code (the whole-graph
+    choice was eager), or a compiled graph none of whose partitions runs on TVM."""
+    out = []
+    for r in reports:
+        if r.choice != "compiled":
+            out.append(f"graph {r.index}: {r.choice_reason or r.target}")
+        elif not any(p.status == "tvm" for p in r.partitions):
+            reasons = "; ".join(sorted({p.reason for p in r.partitions if p.reason}))
+            out.append(f"graph {r.index}: no partition runs on TVM ({reasons or r.target})")
+    return out
 
 
 def _compile_bucket(
@@ -164,6 +185,7 @@ def warmup(
             graphs=len(sink),
             tuned_kernels=sum(g.tuned_kernels for g in sink),
             samples=sum(t.result.samples for r in runs for t in r.tasks if t.result is not None),
+            eager=_eager_graphs(sink),
         )
         match = compare_outputs(
             want, out, rtol=resolved.rtol, atol=resolved.atol, label=f"bucket {list(bucket)}"
@@ -241,6 +263,7 @@ class ServingModel:
             self.import_summary = summary
         self._lock = threading.Lock()  # TVM VMs are not re-entrant: one request at a time
         self._compiled: dict[Signature, Any] = {}
+        self._bucket_reports: dict[Signature, list[Any]] = {}
         self.reports: list[Any] = []
         self.hits = 0
         self.misses = 0
@@ -250,6 +273,7 @@ class ServingModel:
             inputs = inputs_like(example_inputs, [tuple(s) for s in bucket], seed=index)
             compiled, _, sink, _ = _compile_bucket(model, inputs, self.options)
             self._compiled[signature(inputs)] = compiled
+            self._bucket_reports[signature(inputs)] = sink
             self.reports += sink
         self.startup_s = time.perf_counter() - start
 
@@ -257,7 +281,8 @@ class ServingModel:
         return self.run(*inputs)[0]
 
     def run(self, *inputs: Any) -> tuple[Any, bool]:
-        """The output, and whether compiled code (a warmed bucket) produced it."""
+        """The output, and whether compiled code produced it: a warmed bucket whose graphs all
+        run compiled (a warmed bucket whose first-call choice was eager runs the original)."""
         key = signature(inputs)
         compiled = self._compiled.get(key)
         with self._lock, torch.no_grad():
@@ -266,7 +291,8 @@ class ServingModel:
                 self.miss_shapes[key] += 1
                 return self.model(*inputs), False
             self.hits += 1
-            return compiled(*inputs), True
+            out = compiled(*inputs)
+            return out, not _eager_graphs(self._bucket_reports[key])
 
     def stats(self) -> dict[str, Any]:
         """Hits, misses (with shapes), start-up time, and what the compiles did."""
@@ -277,6 +303,11 @@ class ServingModel:
             "miss_shapes": {str([list(s) for s, *_ in k]): n for k, n in self.miss_shapes.items()},
             "startup_s": round(self.startup_s, 3),
             "graphs": len(self.reports),
+            "buckets_running_eager": {
+                str([list(s) for s, *_ in key]): why
+                for key, reports in self._bucket_reports.items()
+                if (why := _eager_graphs(reports))
+            },
             "cache_hits": sum(r.cache == "hit" for r in self.reports),
             "tuning_runs": sum(r.tuning is not None for r in self.reports),
             # Kernels built at start-up from tuned records; 0 when every graph loaded a built

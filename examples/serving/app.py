@@ -11,7 +11,8 @@ Environment: SERVE_BUNDLE (bundle to load; optional), SERVE_BUCKETS (semicolon-s
 shapes, as warmed), SERVE_BATCH_SIZES, SERVE_BACKEND (reasoning | eager | inductor; the last two
 are for comparison), SERVE_DEVICE (cpu | cuda; the bundle must then be warmed with
 ``--device cuda`` on the same GPU kind). Replicas never tune and never call an LLM: the service runs with
-``tune="never"``. POST /predict {"tokens": [[...], ...]} -> {"logits": [[...]], "compiled": bool};
+``tune="never"``. POST /predict {"tokens": [[...], ...]} -> {"logits": [[...]], "compiled": bool}
+("compiled": compiled code answered, i.e. a warmed bucket whose graphs run compiled);
 GET /stats -> hits, misses, start-up time, cache hits, tuning runs (always 0).
 """
 

@@ -111,8 +111,12 @@ def test_warmup_bundle_then_serve_over_http(tmp_path):
         with torch.no_grad():
             for tokens, answer in zip(batches, answers, strict=True):
                 assert_outputs_match(torch.tensor(answer["logits"]), model(tokens))
+                # Compiled code answered exactly the warmed buckets whose graphs run compiled
+                # (a first-call choice of eager runs the original, and says so).
+                key = str([list(tokens.shape)])
                 assert answer["compiled"] == (
                     tuple(tokens.shape) in {(1, 16), (2, 16), (1, 32), (2, 32)}
+                    and key not in stats["buckets_running_eager"]
                 )
         stats = json.loads(urllib.request.urlopen(f"{base}/stats", timeout=5).read())
         assert stats["hits"] == 12 and stats["misses"] == 6 and stats["tuning_runs"] == 0

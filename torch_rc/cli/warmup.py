@@ -134,7 +134,8 @@ def warmup(
         error = "-" if result.max_abs_error is None else f"{result.max_abs_error:.1e}"
         console.print(
             f"[{done}/{total}] bucket {[list(s) for s in result.shapes]}: {result.graphs} graphs, "
-            f"{result.compile_s:.1f} s, {result.samples} tuning samples, max abs error vs eager {error}"
+            f"{result.compile_s:.1f} s, {result.samples} tuning samples, max abs error vs eager "
+            f"{error}; {result.runs}"
         )
 
     report = run_warmup(
