@@ -184,3 +184,23 @@ def test_cli_warms_an_onnx_file_per_bucket_into_a_bundle(function_model, tmp_pat
     assert result.exit_code == 0, result.output
     assert "[[4, 16], [16, 8], [8]]: projection.onnx: runs on" in result.output
     assert "[[2, 16], [16, 8], [8]]" in result.output and (tmp_path / "m.trc").stat().st_size > 0
+
+
+def test_a_serving_model_takes_an_onnx_file(function_model, tmp_path):
+    from torch_rc.serving import ServingModel
+
+    examples = [torch.from_numpy(a) for a in _inputs(4)]
+    serving = ServingModel(
+        str(function_model),
+        examples,
+        [[(4, 16), (16, 8), (8,)], [(2, 16), (16, 8), (8,)]],
+        options={"cache_dir": str(tmp_path), "select": "tvm"},
+    )
+    warmed = [torch.from_numpy(a) for a in _inputs(2)]
+    out, compiled = serving.run(*warmed)
+    assert compiled and serving.stats()["buckets_running_onnxruntime"] == {}
+    assert_outputs_match(out, reference(function_model, *(w.numpy() for w in warmed))[0])
+    other = [torch.from_numpy(a) for a in _inputs(3)]
+    out, compiled = serving.run(*other)  # no bucket: onnxruntime answers
+    assert not compiled and serving.misses == 1
+    assert_outputs_match(out, reference(function_model, *(o.numpy() for o in other))[0])

@@ -229,6 +229,11 @@ class OnnxModel:
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own errors name the input
             raise InputMismatchError(f"{Path(self.report.path).name}: {exc}") from None
 
+    def reference(self, *args: Any) -> Any:
+        """onnxruntime's outputs as torch tensors (one alone, several as a tuple)."""
+        outputs = [torch.from_numpy(np.ascontiguousarray(o)) for o in self.run_onnxruntime(*args)]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
     def __call__(self, *args: Any) -> Any:
         numpy_in = bool(args) and all(isinstance(a, np.ndarray) for a in args)
         if self.kernel is not None and [tuple(a.shape) for a in args] == self._shapes:
@@ -251,7 +256,7 @@ def load_onnx(
     path: str | os.PathLike[str],
     example_inputs: Sequence[Any] | None = None,
     *,
-    options: Mapping[str, Any] | None = None,
+    options: Options | Mapping[str, Any] | None = None,
 ) -> OnnxModel:
     """Compile the ONNX model at ``path`` for this CPU (see the module docstring).
 
@@ -269,7 +274,7 @@ def load_onnx(
     """
     onnx = _onnx()
     ort = _ort()
-    resolved = Options.resolve(options)
+    resolved = options if isinstance(options, Options) else Options.resolve(options)
     where = str(path)
     try:
         model = onnx.load(where)

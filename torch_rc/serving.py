@@ -17,6 +17,7 @@ would change a model's results unless it masks the padding, which a generic back
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +33,7 @@ from torch_rc.cache.bundle import describe_refusal, export_bundle, import_bundle
 from torch_rc.cache.location import persistent_store, store_for
 from torch_rc.errors import CacheError
 from torch_rc.numerics import compare_outputs, max_abs_error
+from torch_rc.onnx_model import OnnxModel, load_onnx
 from torch_rc.options import Options, with_budget
 from torch_rc.platform.target import local_target_keys
 
@@ -113,6 +115,10 @@ def _eager_graphs(reports: Sequence[Any]) -> list[str]:
             reasons = "; ".join(sorted({p.reason for p in r.partitions if p.reason}))
             out.append(f"graph {r.index}: no partition runs on TVM ({reasons or r.target})")
     return out
+
+
+def _is_onnx(model: Any) -> bool:
+    return isinstance(model, (str, os.PathLike)) and str(model).lower().endswith(".onnx")
 
 
 def _compile_bucket(
@@ -213,7 +219,8 @@ class ServingModel:
     """A model served from the cache: compiled buckets, eager fallback for other shapes.
 
     Args:
-        model: The eager model (same code and weights as at warm-up).
+        model: The eager model (same code and weights as at warm-up), or an ONNX file
+            (each bucket through :func:`torch_rc.load_onnx`; other shapes run on onnxruntime).
         example_inputs: Fix the dtypes of generated start-up inputs.
         buckets: The warmed shapes (one list of shapes per bucket).
         bundle: A bundle to import into the cache first (one call at start-up).
@@ -268,9 +275,15 @@ class ServingModel:
         self.hits = 0
         self.misses = 0
         self.miss_shapes: collections.Counter[Signature] = collections.Counter()
+        self._onnx: dict[Signature, OnnxModel] = {}
         _raise_recompile_limit(len(buckets))
         for index, bucket in enumerate(buckets):
             inputs = inputs_like(example_inputs, [tuple(s) for s in bucket], seed=index)
+            if _is_onnx(model):
+                loaded = load_onnx(model, inputs, options=self.options)
+                self._compiled[signature(inputs)] = self._onnx[signature(inputs)] = loaded
+                self._bucket_reports[signature(inputs)] = []
+                continue
             compiled, _, sink, _ = _compile_bucket(model, inputs, self.options)
             self._compiled[signature(inputs)] = compiled
             self._bucket_reports[signature(inputs)] = sink
@@ -289,9 +302,13 @@ class ServingModel:
             if compiled is None:
                 self.misses += 1
                 self.miss_shapes[key] += 1
+                if self._onnx:  # the reference runs any shape the model accepts
+                    return next(iter(self._onnx.values())).reference(*inputs), False
                 return self.model(*inputs), False
             self.hits += 1
             out = compiled(*inputs)
+            if key in self._onnx:
+                return out, self._onnx[key].report.runs_on == "tvm"
             return out, not _eager_graphs(self._bucket_reports[key])
 
     def stats(self) -> dict[str, Any]:
@@ -307,6 +324,12 @@ class ServingModel:
                 str([list(s) for s, *_ in key]): why
                 for key, reports in self._bucket_reports.items()
                 if (why := _eager_graphs(reports))
+            },
+            # ONNX models: buckets whose TVM build lost to (or did not match) onnxruntime.
+            "buckets_running_onnxruntime": {
+                str([list(s) for s, *_ in key]): loaded.report.reason
+                for key, loaded in self._onnx.items()
+                if loaded.report.runs_on != "tvm"
             },
             "cache_hits": sum(r.cache == "hit" for r in self.reports),
             "tuning_runs": sum(r.tuning is not None for r in self.reports),
