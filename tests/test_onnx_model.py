@@ -1,6 +1,11 @@
 """ONNX models end to end: built with onnxscript or torch.onnx.export(dynamo=True) (no binary
 fixtures), compiled through TVM, checked against onnxruntime."""
 
+import json
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +21,7 @@ from onnxscript import opset18 as op  # noqa: E402
 
 from torch_rc.cli import main  # noqa: E402
 from torch_rc.errors import InputMismatchError, TorchRCError, UnsupportedOpError  # noqa: E402
+from torch_rc.numerics import tolerances  # noqa: E402
 from torch_rc.onnx_model import load_onnx  # noqa: E402
 from torch_rc.testing import assert_outputs_match  # noqa: E402
 
@@ -204,3 +210,32 @@ def test_a_serving_model_takes_an_onnx_file(function_model, tmp_path):
     out, compiled = serving.run(*other)  # no bucket: onnxruntime answers
     assert not compiled and serving.misses == 1
     assert_outputs_match(out, reference(function_model, *(o.numpy() for o in other))[0])
+
+
+def test_a_second_load_verifies_and_loads_the_cached_library_without_tvm(function_model, tmp_path):
+    script = tmp_path / "load.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import json, sys
+            import numpy as np
+            from torch_rc.onnx_model import load_onnx
+            rng = np.random.default_rng(0)
+            arrays = [rng.standard_normal(s).astype(np.float32) for s in ((4, 16), (16, 8), (8,))]
+            m = load_onnx({str(function_model)!r}, arrays, options={{"select": "tvm", "cache_dir": {str(tmp_path / "c")!r}}})
+            out = m(*arrays)
+            print(json.dumps({{"cache": m.report.cache, "runs_on": m.report.runs_on,
+                              "tvm": "tvm" in sys.modules, "error": m.report.max_abs_error}}))
+            """
+        )
+    )
+    runs = []
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert runs[0]["cache"] == "miss" and runs[0]["tvm"]
+    assert runs[1]["cache"] == "hit" and not runs[1]["tvm"]  # no build, no TVM import
+    assert runs[1]["runs_on"] == "tvm" and runs[1]["error"] < tolerances(torch.float32)[1]

@@ -17,12 +17,16 @@ What :func:`load_onnx` does, in order:
    PyTorch graphs.
 
 Calls with other shapes than the compiled ones run on onnxruntime (counted as misses).
-The compiled library is not stored in the cache yet: a load rebuilds it (seconds), from the
-tuned records when there are any.
+The built library is stored in the cache (signed, like a compiled graph's; key: the file's
+content, input specs, options, versions, CPU), so the next load — a serving replica — verifies and
+loads it without building or importing TVM, then checks and times it again. A load that tunes
+always rebuilds. Bundles carry these entries.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -33,18 +37,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from torch_rc.backends.artifact import ring_of
+from torch_rc.backends.artifact import ARTIFACT_VERSION, ring_of, signature_json, stored_kernels
 from torch_rc.backends.compiler import tuning_database
+from torch_rc.backends.dynamo import ABOUT, key_options
 from torch_rc.backends.lower import tensor_spec
 from torch_rc.backends.runtime import KernelSignature, TVMKernel
 from torch_rc.cache.bundle import export_bundle
-from torch_rc.cache.location import persistent_store, store_for
+from torch_rc.cache.keys import KeyDetails, environment_parts
+from torch_rc.cache.location import open_store, persistent_store, store_for
+from torch_rc.cache.payload import pack
 from torch_rc.errors import BuildError, InputMismatchError, TorchRCError, UnsupportedOpError
 from torch_rc.numerics import compare_outputs, max_abs_error
 from torch_rc.options import Options
 from torch_rc.passes.build import build_executable
 from torch_rc.platform.hardware import gpu_hardware
-from torch_rc.platform.target import detect_target
+from torch_rc.platform.target import detect_target, host_target_key
 from torch_rc.platform.timing import Comparison, compare
 from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.session import TuningRun, tune_modules
@@ -91,6 +98,7 @@ class OnnxReport:
         onnxruntime_ms: onnxruntime's median latency on the same inputs.
         max_abs_error: TVM vs onnxruntime on the example inputs.
         tuning: The tuning run (None without tuning).
+        cache: ``"off"``, ``"miss"`` (built and stored) or ``"hit"`` (loaded, not built).
     """
 
     path: str
@@ -104,6 +112,7 @@ class OnnxReport:
     max_abs_error: float | None = None
     tuning: TuningRun | None = None
     comparison: Comparison | None = None
+    cache: str = "off"  # "hit" (the built library loaded from the cache), "miss" (built, stored)
 
     def describe(self) -> str:
         speed = ""
@@ -303,21 +312,27 @@ def load_onnx(
     loaded = OnnxModel(report, session, names, None)
     reference = [torch.from_numpy(np.ascontiguousarray(r)) for r in loaded.run_onnxruntime(*arrays)]
 
-    report.unsupported = unsupported_ops(model)
-    if report.unsupported:
-        report.reason = (
-            f"TVM's ONNX frontend lacks {', '.join(report.unsupported)} (opset {report.opset})"
-        )
-        if resolved.strict:
-            raise UnsupportedOpError(f"{where}: {report.reason}")
-        logger.warning("torch_rc: %s; it runs on onnxruntime", report.reason)
-        return loaded
     if resolved.select == "torch":
         report.reason = "select='torch' (the reference runs)"
         return loaded
-
+    store = open_store(resolved.store_location()) if resolved.cache else None
+    details = _artifact_key(model, specs, resolved) if store is not None else None
+    # A cache hit loads the signed, verified library without importing TVM.
+    kernel = _cached_kernel(store, details, resolved, report) if not resolved.tuning else None
+    if kernel is None:
+        report.unsupported = unsupported_ops(model)
+        if report.unsupported:
+            report.reason = (
+                f"TVM's ONNX frontend lacks {', '.join(report.unsupported)} (opset {report.opset})"
+            )
+            if resolved.strict:
+                raise UnsupportedOpError(f"{where}: {report.reason}")
+            logger.warning("torch_rc: %s; it runs on onnxruntime", report.reason)
+            return loaded
     try:
-        kernel = _build(model, specs, reference, resolved, report)
+        if kernel is None:
+            kernel = _build(model, specs, reference, resolved, report)
+            _store(store, details, kernel, model, specs, resolved, report)
     except Exception as exc:  # noqa: BLE001 - any import or build failure falls back
         if resolved.strict:
             raise BuildError(f"{where}: TVM could not import or build it: {exc}") from exc
@@ -353,6 +368,73 @@ def load_onnx(
     else:
         report.reason = f"matches, but is not faster than onnxruntime ({comparison.verdict})"
     return OnnxModel(report, session, names, kernel)
+
+
+def _artifact_key(
+    model: Any, specs: Sequence[tuple[str, tuple[int, ...], np.dtype]], options: Options
+) -> KeyDetails:
+    """The cache key of a built ONNX model: the file's content, the input specs, the options
+    that change the build, versions and the CPU (as for compiled graphs)."""
+    parts = environment_parts(host_target_key(options))
+    parts.update(
+        {
+            "onnx": hashlib.sha256(model.SerializeToString()).hexdigest(),
+            "inputs": json.dumps([[n, list(s), str(d)] for n, s, d in specs]),
+            "options": json.dumps(key_options(options), sort_keys=True, default=str),
+        }
+    )
+    return KeyDetails("onnx", parts)
+
+
+def _cached_kernel(
+    store: Any, details: KeyDetails | None, options: Options, report: OnnxReport
+) -> TVMKernel | None:
+    if store is None or details is None:
+        return None
+    hit = store.get_artifact(details)
+    kernels = stored_kernels(hit[0], options) if hit is not None else None
+    if not kernels or "onnx" not in kernels:
+        return None
+    report.cache = "hit"
+    blob = kernels["onnx"]
+    return TVMKernel.from_library(blob.library, blob.signature, Path(report.path).name)
+
+
+def _store(
+    store: Any,
+    details: KeyDetails | None,
+    kernel: TVMKernel,
+    model: Any,
+    specs: Sequence[tuple[str, tuple[int, ...], np.dtype]],
+    options: Options,
+    report: OnnxReport,
+) -> None:
+    """Keep the built library, signed, so the next load (a replica) neither builds nor imports
+    TVM; ``cache ls`` names it by the file, its inputs and its most frequent operators."""
+    if store is None or details is None:
+        return
+    payload = pack(
+        {
+            "artifact_version": ARTIFACT_VERSION,
+            "kernels": {"onnx": signature_json(kernel.signature)},
+        },
+        {"kernel:onnx": kernel.library},
+        ring_of(options),
+    )
+    about = {
+        "model": Path(report.path).name,
+        "inputs": [f"{shape} {dtype}" for _, shape, dtype in specs],
+        "ops": _op_counts(model),
+    }
+    store.put_artifact(details, payload, {ABOUT: about})
+    report.cache = "miss"
+
+
+def _op_counts(model: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1])[:6])
 
 
 def _build(

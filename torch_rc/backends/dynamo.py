@@ -147,12 +147,9 @@ def _compile_cached(
     by one) and stores its artifact at the end. The artifact is stored right after the build and
     its decisions once the first call has made them.
     """
-    key_options = {
-        k: v
-        for k, v in options_dict(options).items()
-        if k not in _NOT_IN_KEY and k not in TUNING_OPTIONS
-    }
-    details = artifact_key(gm, example, key_options, target_key(options, graph_device(example)))
+    details = artifact_key(
+        gm, example, key_options(options), target_key(options, graph_device(example))
+    )
     if options.tuning:
         # Kernels tuned before are found in the store and not tuned again; the build then uses
         # the new records and replaces the artifact.
@@ -203,6 +200,16 @@ def _build_and_store(
 
 # The entry of an artifact's decision record that describes the graph (for ``cache ls``).
 ABOUT = "@about"
+
+
+def key_options(options: Options) -> dict[str, Any]:
+    """The options that are part of an artifact's key: those that change what is built (not
+    where the cache is, how long to wait, or how to tune: tuned records are found by workload)."""
+    return {
+        k: v
+        for k, v in options_dict(options).items()
+        if k not in _NOT_IN_KEY and k not in TUNING_OPTIONS
+    }
 
 
 def describe_graph(
