@@ -170,6 +170,21 @@ def test_warmup_cli_with_an_exported_program(tmp_path):
         assert "manifest.json" in tar.getnames()
 
 
+def test_warmup_cli_warms_other_buckets_of_an_exported_program_with_a_dynamic_batch(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU()).eval()
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(model, (torch.randn(2, 16),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(tmp_path / "dyn.pt2"))
+    result = CliRunner().invoke(
+        main,
+        ["warmup", str(tmp_path / "dyn.pt2"), "--input", "2x16", "--bucket", "4x16"]
+        + ["--bucket", "8x16", "--cache-dir", str(tmp_path / "c")],
+    )
+    assert result.exit_code == 0, result.output
+    assert "bucket [[4, 16]]" in result.output and "bucket [[8, 16]]" in result.output
+    assert "warmed 2 buckets" in result.output and "Traceback" not in result.output
+
+
 def test_a_replica_on_a_read_only_location_gets_its_bundles_hits(warmed, tmp_path):
     root, _ = warmed
     blocker = tmp_path / "a-file"  # a cache location that cannot be created: read-only
