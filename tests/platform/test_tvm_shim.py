@@ -50,3 +50,26 @@ def test_meta_schedule_context_without_every_targets_intrinsics():
     assert result.returncode == 0, result.stderr[-2000:]
     sketches, x86, cuda = result.stdout.split()
     assert int(sketches) >= 1 and x86 == "True" and cuda == "False"
+
+
+def test_tvm_warnings_are_logged_once_and_other_output_passes_through():
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import logging, os, sys
+        logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
+        from torch_rc.platform.tvm_shim import tvm_warnings_once
+        for i in range(3):
+            with tvm_warnings_once():
+                os.write(2, f"[12:00:0{i}] /x/transform.h:1261: Warning: Fast mode\\n".encode())
+                os.write(2, b"plain line from someone else\\n")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("torch_rc: TVM: Warning: Fast mode (shown once per process)") == 1
+    assert done.stderr.count("plain line from someone else") == 3
+    assert "transform.h" not in done.stderr

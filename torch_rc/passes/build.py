@@ -8,7 +8,7 @@ from torch_rc.errors import BuildError
 from torch_rc.options import Options
 from torch_rc.passes.schedule import default_schedule_pass, gpu_default_schedule_pass
 from torch_rc.platform.target import TargetInfo
-from torch_rc.platform.tvm_shim import tvm_api
+from torch_rc.platform.tvm_shim import tvm_api, tvm_warnings_once
 
 __all__ = [
     "build_executable",
@@ -101,12 +101,17 @@ def build_executable(mod: Any, target: TargetInfo, options: Options, database: A
     """
     api = tvm_api()
     try:
-        if database is not None:
-            with target.target, database:
-                return api.compile(
-                    mod, target.target, relax_pipeline=relax_pipeline(target, options, tuned=True)
-                )
-        return api.compile(mod, target.target, relax_pipeline(target, options))
+        # TVM's C++ warnings (e.g. take's "fast mode" note, once per embedding) are logged once
+        # per process instead of once per build.
+        with tvm_warnings_once():
+            if database is not None:
+                with target.target, database:
+                    return api.compile(
+                        mod,
+                        target.target,
+                        relax_pipeline=relax_pipeline(target, options, tuned=True),
+                    )
+            return api.compile(mod, target.target, relax_pipeline(target, options))
     except Exception as exc:  # TVMError and friends: reported as a build failure of this partition
         raise BuildError(
             f"TVM build failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"

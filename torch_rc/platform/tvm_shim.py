@@ -8,9 +8,16 @@ through :func:`tvm_api`, which imports lazily (``import tvm`` costs seconds, so 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
+import logging
+import os
+import re
+import tempfile
+import threading
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from torch_rc.errors import TVMVersionError
@@ -24,10 +31,13 @@ __all__ = [
     "load_cpu_vm",
     "prepare_cuda_compiler",
     "prepare_meta_schedule",
+    "tvm_warnings_once",
     "start_cpu_vm",
     "SUPPORTED_TVM",
     "SUPPORTED_TVM_FFI",
 ]
+
+logger = logging.getLogger(__name__)
 
 SUPPORTED_TVM = "0.27"
 # apache-tvm-ffi 0.1.15.* is ABI-incompatible with the apache-tvm 0.27.0.post1 wheel: save_json and
@@ -280,3 +290,49 @@ def prepare_cuda_compiler() -> str:
         "no CUDA compiler for TVM's CUDA kernels: install NVRTC's Python bindings "
         "(pip install cuda-bindings nvidia-cuda-nvrtc) or put the CUDA toolkit's nvcc on PATH"
     )
+
+
+_SEEN_WARNINGS: set[str] = set()
+_CAPTURE = threading.Lock()
+_capturing = threading.local()
+# TVM's C++ log prefix: "[12:00:00] /path/to/file.h:1261: " (time and location vary per call).
+_TVM_LOG_PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+
+
+@contextlib.contextmanager
+def tvm_warnings_once() -> Iterator[None]:
+    """Capture what TVM's C++ code writes to stderr while the block runs, and log each distinct
+    message once per process through the ``torch_rc`` logger (WARNING), instead of letting a
+    warm-up print the same line for every bucket. Everything captured is passed on: other
+    lines (not TVM's log format) are written back to stderr as they were."""
+    if getattr(_capturing, "active", False):  # nested in this thread: the outer block captures
+        yield
+        return
+    with _CAPTURE:  # one redirection of fd 2 at a time across threads
+        _capturing.active = True
+        try:
+            with tempfile.TemporaryFile() as sink:
+                saved = os.dup(2)
+                os.dup2(sink.fileno(), 2)
+                try:
+                    yield
+                finally:
+                    os.dup2(saved, 2)
+                    os.close(saved)
+                    sink.seek(0)
+                    _pass_on(sink.read().decode("utf-8", "replace"))
+        finally:
+            _capturing.active = False
+
+
+def _pass_on(text: str) -> None:
+    other = []
+    for line in text.splitlines():
+        message = _TVM_LOG_PREFIX.sub("", line).strip()
+        if message == line.strip():  # not TVM's log format: give it back untouched
+            other.append(line)
+        elif message and message not in _SEEN_WARNINGS:
+            _SEEN_WARNINGS.add(message)
+            logger.warning("torch_rc: TVM: %s (shown once per process)", message)
+    if other:
+        os.write(2, ("\n".join(other) + "\n").encode())

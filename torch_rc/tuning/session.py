@@ -28,7 +28,7 @@ from torch_rc.options import Options
 from torch_rc.passes.build import legalize_and_fuse_passes, per_call_module
 from torch_rc.passes.schedule import default_schedule_pass, gpu_default_schedule_pass
 from torch_rc.platform.hardware import AnyHardware, host_hardware
-from torch_rc.platform.tvm_shim import prepare_meta_schedule, tvm_api
+from torch_rc.platform.tvm_shim import prepare_meta_schedule, tvm_api, tvm_warnings_once
 from torch_rc.tuning.llm_client import LLMClient, LLMConfig
 from torch_rc.tuning.llm_proposer import LLMProposer
 from torch_rc.tuning.measure import Measurer
@@ -160,7 +160,9 @@ def extract_tasks(mods: list[Any], target: Any) -> list[Task]:
     ms = tvm_api().s_tir.meta_schedule
     tasks: dict[str, Task] = {}
     for mod in mods:
-        for extracted in ms.relax_integration.extract_tasks(_legalized(mod, target), target):
+        with tvm_warnings_once():
+            extracted_tasks = ms.relax_integration.extract_tasks(_legalized(mod, target), target)
+        for extracted in extracted_tasks:
             tir = extracted.dispatched[0]
             key = workload_key(tir["main"])
             if key in tasks:
