@@ -182,6 +182,7 @@ def test_warmup_cli_warms_other_buckets_of_an_exported_program_with_a_dynamic_ba
     )
     assert result.exit_code == 0, result.output
     assert "bucket [[4, 16]]" in result.output and "bucket [[8, 16]]" in result.output
+    assert "[1/2, eta " in result.output and "[2/2] bucket" in result.output  # overall progress
     assert "warmed 2 buckets" in result.output and "Traceback" not in result.output
 
 

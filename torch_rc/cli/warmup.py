@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 import click
@@ -130,12 +131,16 @@ def warmup(
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--bucket") from None
 
+    started = time.monotonic()
+
     def progress(done: int, total: int, result: Any) -> None:
         error = "-" if result.max_abs_error is None else f"{result.max_abs_error:.1e}"
+        elapsed = time.monotonic() - started
+        eta = f", eta {elapsed / done * (total - done):.0f} s" if done < total else ""
         console.print(
-            f"[{done}/{total}] bucket {[list(s) for s in result.shapes]}: {result.graphs} graphs, "
-            f"{result.compile_s:.1f} s, {result.samples} tuning samples, max abs error vs eager "
-            f"{error}; {result.runs}"
+            f"[{done}/{total}{eta}] bucket {[list(s) for s in result.shapes]}: {result.graphs} "
+            f"graphs, {result.compile_s:.1f} s, {result.samples} tuning samples, max abs error vs "
+            f"eager {error}; {result.runs}"
         )
 
     report = run_warmup(
