@@ -20,6 +20,7 @@ from torch_rc.numerics import max_abs_error
 from torch_rc.options import Options, with_budget
 from torch_rc.platform.hardware import gpu_hardware
 from torch_rc.platform.target import detect_target
+from torch_rc.tuning.report import add_graph_timings
 from torch_rc.tuning.session import Task, TuningRun, tune_modules
 
 __all__ = ["TuneReport", "tune", "tune_tir"]
@@ -103,6 +104,14 @@ def tune(
         want = model(*example_inputs)
     report = TuneReport([g.tuning for g in sink if g.tuning is not None], compiled, graphs=sink)
     report.max_abs_error = max_abs_error(want, got)
+    for graph in sink:
+        if graph.tuning is not None and graph.tuning.log_path:
+            add_graph_timings(
+                graph.tuning.log_path,
+                eager_ms=graph.eager_ms,
+                compiled_ms=graph.compiled_ms,
+                choice=graph.choice,
+            )
     return report
 
 

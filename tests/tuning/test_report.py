@@ -5,7 +5,14 @@ import json
 import pytest
 from rich.console import Console
 
-from torch_rc.tuning.report import load_run, plot_run, print_run, run_title
+from torch_rc.tuning.report import (
+    _model_bars,
+    add_graph_timings,
+    load_run,
+    plot_run,
+    print_run,
+    run_title,
+)
 
 RUN = {
     "method": "mcts",
@@ -82,6 +89,21 @@ def test_report_shows_results_path_rationale_and_pool_accounting(tmp_path):
     assert run_title({**RUN, "created": 2_721_600}).startswith("tuning run 1970-02-01")
     assert "mcts, proposer pool, 8 trials, 3.0 s; CPU" in run_title(RUN)
     assert plot_run(RUN, tmp_path / "c.png") == 1
+    log = tmp_path / "run.json"
+    log.write_text(json.dumps(RUN))
+    add_graph_timings(str(log), eager_ms=0.9, compiled_ms=0.3, choice="compiled")
+    run = load_run(log)
+    assert run["graph"] == {"eager_ms": 0.9, "compiled_ms": 0.3, "choice": "compiled"}
+    console = Console(record=True, width=200)
+    print_run(run, console)
+    assert "compiled 0.3000 ms, eager 0.9000 ms (3.00x); it runs compiled" in console.export_text()
+    assert [label for label, _ in _model_bars(run)] == [
+        "kernels, default schedules",
+        "kernels, tuned",
+        "graph, eager (PyTorch)",
+        "graph, compiled",
+    ]
+    assert plot_run(run, tmp_path / "m.png") == 1  # kernel panels; the model panel beside them
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -55,6 +55,13 @@ def print_run(run: dict[str, Any], console: Console, steps: int = 8) -> None:
             f"{_ms(before)} ms with default schedules -> {_ms(after)} ms tuned "
             f"({before / after:.2f}x)"
         )
+    graph = run.get("graph") or {}
+    if graph.get("eager_ms") and graph.get("compiled_ms"):
+        console.print(
+            f"the tuned graph: compiled {graph['compiled_ms']:.4f} ms, eager "
+            f"{graph['eager_ms']:.4f} ms ({graph['eager_ms'] / graph['compiled_ms']:.2f}x); "
+            f"it runs {graph.get('choice', '?')}"
+        )
     table = Table(
         "kernel",
         "status",
@@ -156,6 +163,42 @@ def _print_pool(tasks: list[dict[str, Any]], console: Console) -> None:
     console.print(table)
 
 
+def add_graph_timings(
+    log_path: str, *, eager_ms: float | None, compiled_ms: float | None, choice: str
+) -> None:
+    """Record, in a run's log, the tuned graph's first-call timings against eager (known only
+    after the run, when the compiled model is first called). A log that cannot be rewritten is
+    left as it was."""
+    path = Path(log_path)
+    try:
+        run = json.loads(path.read_text())
+        run["graph"] = {"eager_ms": eager_ms, "compiled_ms": compiled_ms, "choice": choice}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(run, indent=1))
+        tmp.replace(path)
+    except (OSError, ValueError):
+        pass
+
+
+def _model_bars(run: dict[str, Any]) -> list[tuple[str, float]]:
+    """The run's model-level numbers, as (label, ms): kernel time per inference with default
+    schedules and tuned, and the tuned graph against eager (when the log has them)."""
+    bars = []
+    projected = run.get("projected") or {}
+    if projected.get("default_s") and projected.get("tuned_s"):
+        bars += [
+            ("kernels, default schedules", projected["default_s"] * 1e3),
+            ("kernels, tuned", projected["tuned_s"] * 1e3),
+        ]
+    graph = run.get("graph") or {}
+    if graph.get("eager_ms") and graph.get("compiled_ms"):
+        bars += [
+            ("graph, eager (PyTorch)", graph["eager_ms"]),
+            ("graph, compiled", graph["compiled_ms"]),
+        ]
+    return bars
+
+
 def run_title(run: dict[str, Any]) -> str:
     """One line naming a run: when, how, how much, on what."""
     when = (
@@ -179,8 +222,10 @@ def plot_run(run: dict[str, Any], path: Path) -> int:
     tasks = [t for t in run["tasks"] if t.get("curve")]
     if not tasks:
         return 0
-    cols = min(3, len(tasks))
-    rows = math.ceil(len(tasks) / cols)
+    model_panel = _model_bars(run)
+    panels = len(tasks) + (1 if model_panel else 0)
+    cols = min(3, panels)
+    rows = math.ceil(panels / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.5 * rows), squeeze=False)
     for ax, task in zip(axes.flat, tasks, strict=False):
         xs = [n for n, _ in task["curve"]]
@@ -195,7 +240,14 @@ def plot_run(run: dict[str, Any], path: Path) -> int:
         ax.set_ylabel("best latency (ms)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(tasks) :]:
+    if model_panel:
+        ax = list(axes.flat)[len(tasks)]
+        labels, values = zip(*model_panel, strict=True)
+        ax.barh(labels, values, color=["gray", "tab:blue", "black", "tab:green"][: len(values)])
+        ax.set_title("the model: kernels per inference, and the graph vs eager", fontsize=9)
+        ax.set_xlabel("ms")
+        ax.invert_yaxis()
+    for ax in list(axes.flat)[panels:]:
         ax.axis("off")
     fig.suptitle(run_title(run), fontsize=9)
     fig.tight_layout()
