@@ -1,6 +1,7 @@
 """The torch-rc command, through click's runner, on real stores and bundles."""
 
 import json
+import re
 import tarfile
 from pathlib import Path
 
@@ -179,7 +180,7 @@ def test_tune_a_model_then_report(tmp_path, monkeypatch):
         and "run log:" in result.output
     )
     # What the compiled model runs after tuning, against eager, is said.
-    assert "graph 0: runs" in result.output and "eager" in result.output
+    assert re.search(r"graph \d+: runs", result.output) and "eager" in result.output
     report = cli("report", "--cache-dir", cache, "--out", str(tmp_path / "curves.png"))
     assert report.exit_code == 0 and "path to the best schedule" in report.output
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -3,6 +3,7 @@ cached wrong choice is overturned. The gate is driven with fake graphs of known 
 
 import time
 
+import pytest
 import torch
 
 from torch_rc.backends.compiler import GraphReport
@@ -80,9 +81,20 @@ def _gate(compiled, eager, preset=None):
     return GraphGate(compiled, eager, report, options, HERE, preset), report
 
 
+def _unless_contended(report):
+    """A verdict taken while other processes kept cores busy is provisional by design (checked
+    in tests/platform/test_timing.py with a real busy neighbour); the tests below check the
+    final path, which needs the quiet machine CI gives them."""
+    if report.decision is not None and "other processes busy" in report.decision.reason:
+        pytest.skip(
+            f"another process kept cores busy during the comparison: {report.decision.reason}"
+        )
+
+
 def test_gate_keeps_the_compiled_graph_on_a_clear_win_and_counts_calls():
     gate, report = _gate(busy(1e-4, "c"), busy(5e-4, "e"))
     assert gate() == "c"
+    _unless_contended(report)
     assert report.choice == "compiled" and report.decision.state == "final"
     gate(), gate()
     assert gate.calls() == {"compiled": 2, "eager": 0}
@@ -102,6 +114,7 @@ def test_a_cached_right_compiled_choice_survives_the_recheck():
     kept = Decision("compiled", "final", "earlier", target="cpu-a", threads=2)
     gate, report = _gate(busy(1e-4, "c"), busy(6e-4, "e"), preset=kept)
     gate()
+    _unless_contended(report)
     assert report.choice == "compiled" and "re-checked" in report.choice_reason
 
 
@@ -109,6 +122,7 @@ def test_a_decision_timed_with_other_threads_is_measured_again():
     other = Decision("eager", "final", "earlier", target="cpu-a", threads=8)
     gate, report = _gate(busy(1e-4, "c"), busy(6e-4, "e"), preset=other)
     gate()
+    _unless_contended(report)
     assert report.choice == "compiled" and report.decision.threads == 2
 
 
