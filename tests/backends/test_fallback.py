@@ -232,3 +232,39 @@ def test_weight_transforms_run_once_not_on_every_call():
     assert transposes and len(transposes) == len(set(transposes))  # each one ran once
     per_call = len(kernels) - len(transposes)
     assert per_call % 3 == 0 and per_call > 0  # the same kernels on each of the 3 calls
+
+
+EMBEDDING_CHILD = """
+import sys, torch
+from torch import nn
+from torch_rc.testing import STRICT_TVM, assert_outputs_match
+torch.manual_seed(0)
+model = nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 4)).eval()
+compiled = torch.compile(model, backend="reasoning", options={**STRICT_TVM, "cache_dir": sys.argv[1]})
+ids = torch.randint(0, 50, (2, 6))
+with torch.no_grad():
+    assert_outputs_match(compiled(ids), model(ids))
+    for bad in (50, 10_000_000, -1):
+        try:
+            compiled(torch.tensor([[1, bad, 3, 4, 5, 6], [0, 1, 2, 3, 4, 5]]))
+        except IndexError as exc:
+            print("raised:", exc)
+"""
+
+
+def test_an_out_of_range_embedding_index_raises_like_pytorch(tmp_path):
+    # TVM builds the lookup in "fast mode": out of range it read other memory (a wrong answer,
+    # or a crash for a large index). The kernel checks its index inputs first; the bounds are
+    # part of the stored signature, so a process that loads the kernel from the cache checks too.
+    script = tmp_path / "child.py"
+    script.write_text(EMBEDDING_CHILD)
+    for _ in range(2):  # built, then loaded from the cache
+        result = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "cache")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        lines = [line for line in result.stdout.splitlines() if line.startswith("raised:")]
+        assert len(lines) == 3 and all("index out of range in self" in line for line in lines)

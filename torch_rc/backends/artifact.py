@@ -94,6 +94,7 @@ def signature_json(signature: KernelSignature) -> dict[str, Any]:
         "single_output": signature.single_output,
         "weights": list(signature.weights),
         "library": list(signature.library),
+        "index_bounds": [list(b) for b in signature.index_bounds],
     }
 
 
@@ -106,6 +107,7 @@ def signature_from_json(data: Mapping[str, Any]) -> KernelSignature:
             bool(data["single_output"]),
             tuple(int(i) for i in data["weights"]),
             tuple(str(p) for p in data["library"]),
+            tuple((int(p), int(r)) for p, r in data.get("index_bounds", [])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise CacheError(f"artifact has a malformed kernel signature: {exc}") from None

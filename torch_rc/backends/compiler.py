@@ -290,6 +290,7 @@ def _build_kernel(
             lowered.single_output,
             lowered.weights,
             products,
+            lowered.index_bounds,
         )
         return TVMKernel.from_executable(executable, signature, part.name, target)
     except (LoweringError, BuildError) as exc:

@@ -48,6 +48,8 @@ class LoweredPartition:
         outputs: Specs of the outputs, in order.
         single_output: The FX partition returns one tensor rather than a tuple.
         weights: Positions (in ``inputs``) of the weight inputs, in the order ``main`` takes them.
+        index_bounds: (input position, rows) of inputs used as embedding indices: TVM's
+            lookup reads out of bounds where PyTorch raises, so the runtime checks them.
     """
 
     mod: object
@@ -55,6 +57,7 @@ class LoweredPartition:
     outputs: list[TensorSpec]
     single_output: bool
     weights: tuple[int, ...] = ()
+    index_bounds: tuple[tuple[int, int], ...] = ()
 
 
 def lower_partition(
@@ -133,7 +136,33 @@ def lower_partition(
     mod = builder.get()
     if weight_order:
         mod["main"] = mod["main"].with_attr("num_input", len(runtime_order))
-    return LoweredPartition(mod, inputs, outputs, single_output, weight_order)
+    return LoweredPartition(
+        mod, inputs, outputs, single_output, weight_order, _index_bounds(placeholders, inputs)
+    )
+
+
+_EMBEDDING = "embedding.default"
+
+
+def _index_bounds(
+    placeholders: Sequence[torch.fx.Node], inputs: Sequence[TensorSpec]
+) -> tuple[tuple[int, int], ...]:
+    """(position, rows) of the partition inputs that index an embedding table whose row count is
+    known: TVM builds the lookup in "fast mode", which reads out of bounds (a crash) on a bad
+    index where PyTorch raises IndexError, so the runtime checks these before each call."""
+    position = {node: index for index, node in enumerate(placeholders)}
+    bounds = set()
+    for node in placeholders:
+        for user in node.users:
+            if user.op != "call_function" or _name(user.target) != _EMBEDDING:
+                continue
+            table, indices = user.args[0], user.args[1]
+            if indices is not node or not isinstance(table, torch.fx.Node):
+                continue
+            value = table.meta.get("val")
+            if value is not None and getattr(value, "ndim", 0) == 2:
+                bounds.add((position[node], int(value.shape[0])))
+    return tuple(sorted(bounds))
 
 
 def _name(target: object) -> str:

@@ -49,6 +49,8 @@ class KernelSignature:
             nothing was lifted.
         library: The products computed by PyTorch's kernels from inside the program (their
             packed functions must be registered before it runs).
+        index_bounds: (input position, rows) of embedding indices, checked before each call
+            (TVM's lookup would read out of bounds where PyTorch raises IndexError).
     """
 
     inputs: tuple[TensorSpec, ...]
@@ -56,6 +58,7 @@ class KernelSignature:
     single_output: bool
     weights: tuple[int, ...] = ()
     library: tuple[str, ...] = ()
+    index_bounds: tuple[tuple[int, int], ...] = ()
 
     @property
     def runtime(self) -> tuple[int, ...]:
@@ -190,6 +193,15 @@ class TVMKernel:
 
     def __call__(self, *args: Any) -> Any:
         self.calls += 1
+        for position, rows in self.signature.index_bounds:
+            index = args[position]
+            if index.numel():
+                low, high = torch.aminmax(index)
+                if int(low) < 0 or int(high) >= rows:
+                    raise IndexError(
+                        f"index out of range in self ({self.name}: input {position} holds "
+                        f"{int(low) if int(low) < 0 else int(high)}, the table has {rows} rows)"
+                    )
         try:
             if self._transform is None:
                 result = self._run(self._main, [_contiguous(a) for a in args])
