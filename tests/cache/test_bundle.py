@@ -153,36 +153,38 @@ def test_tampered_bundles_are_refused(tmp_path, target, build_ring, change, mess
     path = _bundle(tmp_path, target, build_ring)
     if message == "members do not match":
         _rewrite(path, lambda n, d: d)
-        with tarfile.open(path, "r:gz") as tar:
-            members = {i.name: tar.extractfile(i).read() for i in tar}
+        members = _members(path)
         members["artifacts/" + "ab" * 16 + ".bin"] = b"\x7fELF"
-        out = io.BytesIO()
-        with tarfile.open(fileobj=out, mode="w:gz") as tar:
-            for name, data in members.items():
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-        path.write_bytes(out.getvalue())
+        _write_tar(path, members)
     else:
         _rewrite(path, change)
     with pytest.raises(CacheError, match=message):
         read_bundle(path, _trusting(tmp_path))
 
 
-def test_links_and_odd_names_are_refused(tmp_path, target, build_ring):
-    path = _bundle(tmp_path, target, build_ring)
+def _members(path):
     with tarfile.open(path, "r:gz") as tar:
-        members = {i.name: tar.extractfile(i).read() for i in tar}
+        return {i.name: tar.extractfile(i).read() for i in tar}
+
+
+def _write_tar(path, members, extra=()):
+    """A gzipped tar of ``members`` (name -> bytes), then ``extra`` entries (links...)."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w:gz") as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-        link = tarfile.TarInfo("../../etc/evil")
-        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
-        tar.addfile(link)
+        for info in extra:
+            tar.addfile(info)
     path.write_bytes(out.getvalue())
+
+
+def test_links_and_odd_names_are_refused(tmp_path, target, build_ring):
+    path = _bundle(tmp_path, target, build_ring)
+    link = tarfile.TarInfo("../../etc/evil")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    _write_tar(path, _members(path), extra=[link])
     with pytest.raises(CacheError, match="unexpected member"):
         read_bundle(path, _trusting(tmp_path))
 

@@ -27,6 +27,7 @@ from torch._dynamo.aot_compile_types import SerializableCallable
 
 from torch_rc.backends.lower import TensorSpec
 from torch_rc.backends.runtime import KernelSignature
+from torch_rc.backends.support import TVM_DTYPES
 from torch_rc.cache.payload import pack, unpack
 from torch_rc.cache.signing import KeyRing, keyring
 from torch_rc.errors import CacheError
@@ -46,21 +47,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ARTIFACT_VERSION = 3
-_DTYPES = {
-    str(d).replace("torch.", ""): d
-    for d in (
-        torch.float32,
-        torch.float64,
-        torch.float16,
-        torch.bfloat16,
-        torch.int8,
-        torch.uint8,
-        torch.int16,
-        torch.int32,
-        torch.int64,
-        torch.bool,
-    )
-}
+# The dtypes a stored kernel signature may name: those TVM kernels take (an allow-list: a
+# signature is data, never evaluated).
+_DTYPES = {str(d).replace("torch.", ""): d for d in TVM_DTYPES}
 
 
 @dataclass(frozen=True)

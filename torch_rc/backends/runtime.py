@@ -92,6 +92,7 @@ class TVMKernel:
         self._transform = vm["main_transform_params"] if signature.weights else None
         self._runtime = signature.runtime
         self._weights = signature.weights
+        self._index_bounds = signature.index_bounds
         self._one_output = len(signature.outputs) == 1  # main returns the tensor itself
         self._seen: list[tuple[torch.Tensor, int]] = []  # weights the transforms were made from
         self._transformed: list[Any] = []
@@ -193,7 +194,7 @@ class TVMKernel:
 
     def __call__(self, *args: Any) -> Any:
         self.calls += 1
-        for position, rows in self.signature.index_bounds:
+        for position, rows in self._index_bounds:
             index = args[position]
             if index.numel():
                 low, high = torch.aminmax(index)

@@ -17,10 +17,10 @@ import torch.fx
 from torch_rc.backends.converters import EXTRA_CONVERTERS
 from torch_rc.options import Options
 
-__all__ = ["unsupported_reason", "converter_names", "op_name", "is_compute_node"]
+__all__ = ["TVM_DTYPES", "unsupported_reason", "converter_names", "op_name", "is_compute_node"]
 
 # dtypes the Relax importer maps and the CPU codegen handles.
-_TVM_DTYPES = frozenset(
+TVM_DTYPES = frozenset(
     {
         torch.float32,
         torch.float64,
@@ -171,7 +171,7 @@ def _value_reason(value: object) -> str | None:
         return None
     if value.layout != torch.strided:
         return f"tensor layout {value.layout} is not strided"
-    if value.dtype not in _TVM_DTYPES:
+    if value.dtype not in TVM_DTYPES:
         return f"dtype {value.dtype} is not supported by the TVM lowering"
     if value.device.type != "cpu":
         return f"tensors on {value.device.type} run in PyTorch (torch_rc lowers CPU graphs)"
