@@ -170,3 +170,108 @@ def test_a_search_resumed_with_known_states_spends_samples_only_on_new_ones():
     run(seed=3, budget=12, known=again)
     run(seed=3, budget=12, known=again)
     assert again == known  # deterministic per seed
+
+
+# ---------------------------------------------------------------- screening: cost-model rollouts
+def grid_neighbours(state, rng, size=16):
+    """Every state one or two steps away (what a rollout may move to): no measurement."""
+    x, y = state
+    out = [
+        (x + dx, y + dy)
+        for dx in (-2, -1, 0, 1, 2)
+        for dy in (-2, -1, 0, 1, 2)
+        if (dx or dy) and 0 <= x + dx < size and 0 <= y + dy < size
+    ]
+    rng.shuffle(out)
+    return out
+
+
+class CountingModel(ExactModel):
+    def __init__(self):
+        super().__init__()
+        self.predicted = 0
+        self.update_calls = []
+
+    def predict(self, states):
+        self.predicted += len(states)
+        return super().predict(states)
+
+    def update(self, states, latencies):
+        self.update_calls.append(len(states))
+        super().update(states, latencies)
+
+
+def rollout_run(seed, budget, depth, width=8, **kw):
+    measured = []
+
+    def measure(state):
+        measured.append(state)
+        return latency(state)
+
+    model = CountingModel()
+    result = search(
+        (0, 0),
+        proposer=StepProposer(),
+        cost_model=model,
+        measure=measure,
+        budget=budget,
+        rng=random.Random(seed),
+        rollout=grid_neighbours,
+        rollout_depth=depth,
+        rollout_width=width,
+        **kw,
+    )
+    return result, measured, model
+
+
+def test_rollouts_screen_many_states_per_measurement_and_spend_the_exact_budget():
+    without, measured_0, model_0 = rollout_run(seed=0, budget=24, depth=0)
+    with_rollouts, measured_3, model_3 = rollout_run(seed=0, budget=24, depth=3, width=8)
+    assert without.samples == len(measured_0) == 24
+    assert with_rollouts.samples == len(measured_3) == 24 == model_3.updates
+    assert len(set(measured_3)) == 24  # nothing measured twice
+    # Every prediction is counted as screened; rollouts add up to depth x width per child.
+    assert with_rollouts.screened == model_3.predicted
+    assert with_rollouts.screened >= 3 * without.screened
+    rollout_nodes = [n for n in _nodes(with_rollouts.root) if n.action == "rollout"]
+    assert rollout_nodes and all(n.parent is not with_rollouts.root for n in rollout_nodes)
+    # A rollout node is kept only when the cost model predicts it better than its parent child.
+    assert all(n.reward >= n.parent.reward or n.measured for n in rollout_nodes)
+
+
+def test_rollouts_reach_the_optimum_in_fewer_samples():
+    # The exact model makes screening decisive: the optimum is 16 single steps from the start.
+    def samples_to_opt(depth):
+        out = []
+        for seed in range(6):
+            result, measured, _ = rollout_run(seed=seed, budget=30, depth=depth)
+            out.append(measured.index(OPT) + 1 if OPT in measured else 31)
+        return sorted(out)[len(out) // 2]
+
+    assert samples_to_opt(3) < samples_to_opt(0)
+
+
+def test_rollout_search_is_deterministic_per_seed():
+    a = rollout_run(seed=5, budget=20, depth=3)
+    b = rollout_run(seed=5, budget=20, depth=3)
+    assert a[1] == b[1] and a[0].screened == b[0].screened and a[0].curve == b[0].curve
+    c = rollout_run(seed=6, budget=20, depth=3)
+    assert c[1] != a[1]
+
+
+def test_the_cost_model_retrains_once_per_measured_batch():
+    result, _, model = rollout_run(seed=1, budget=20, depth=2, measure_batch=4, measure_every=2)
+    assert sum(model.update_calls) == 20
+    assert max(model.update_calls) == 4  # a batch of four measurements, one retraining
+    assert len(model.update_calls) < 20
+
+
+def test_transferred_starting_points_are_measured_first():
+    starts = [(10, 4), (12, 6), (10, 4)]  # a duplicate is measured once
+    result, measured, _ = rollout_run(seed=0, budget=10, depth=2, extra_roots=starts)
+    assert measured[:3] == [(0, 0), (10, 4), (12, 6)]
+    assert result.samples == 10
+    transferred = [n for n in result.root.children if n.source == "transfer"]
+    assert [n.state for n in transferred] == [(10, 4), (12, 6)]
+    # The search goes on from the measured transfer: the optimum next to it is found quickly.
+    assert OPT in measured

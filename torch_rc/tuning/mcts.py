@@ -7,7 +7,16 @@ failed candidate). Each round selects a leaf by UCT, expands it with up to ``bra
 scores them with the cost model and backpropagates; every ``measure_every`` expansions the most
 promising unmeasured states (plus an ``explore_fraction`` of random ones) are really measured, and
 those measurements replace the predictions in the tree (the paper's code only retrained the cost
-model with them) and retrain the cost model.
+model with them) and retrain the cost model (once per batch, as MetaSchedule does).
+
+**Screening.** A real measurement costs a build and timed runs (~0.2 s on a CPU); a prediction
+costs a replay and a feature extraction (~4 ms). With a ``rollout`` function (cheap neighbours of
+a state, no build), each new child is followed by a short greedy rollout under the cost model:
+``rollout_depth`` steps, each scoring up to ``rollout_width`` neighbours and moving to the best
+predicted one (an ``explore_fraction`` of steps move to a random one). The rollout's best state
+joins the tree as the child's child (action ``rollout``), so it competes for measurement like any
+other node and its real latency, once measured, replaces its prediction. Many states are screened
+per measurement; only measured latencies decide what is best.
 
 Defaults follow the paper (Reasoning Compiler, arXiv 2506.01374): UCT exploration c = sqrt(2),
 branching factor B = 2, ~5% random measurements.
@@ -111,6 +120,7 @@ class SearchResult(Generic[S]):
     improvements: list[tuple[int, str]] = field(
         default_factory=list
     )  # (samples, source) of each new best
+    screened: int = 0  # states the cost model scored (expansions and rollouts)
 
 
 def _uct(child: Node[S], parent_visits: int, exploration: float) -> float:
@@ -145,6 +155,10 @@ def search(
     should_stop: Callable[[], bool] | None = None,
     select: Callable[[list[Node[S]], int], Node[S]] | None = None,
     known: dict[S, float | None] | None = None,
+    rollout: Callable[[S, random.Random], Sequence[S]] | None = None,
+    rollout_depth: int = 0,
+    rollout_width: int = 16,
+    extra_roots: Sequence[S] = (),
 ) -> SearchResult[S]:
     """Search for a fast state, spending at most ``budget`` real measurements.
 
@@ -169,6 +183,11 @@ def search(
             a model pool passes a model-aware one.
         known: Latencies of states measured before (a resumed search): reused without spending
             a sample, and filled with this search's measurements.
+        rollout: Cheap neighbours of a state (no measurement), for cost-model rollouts.
+        rollout_depth: Steps of each rollout (0: none).
+        rollout_width: Neighbours scored per rollout step, at most.
+        extra_roots: Other starting points (e.g. states transferred from tuned workloads): they
+            become the root's children and are measured first, before any expansion.
     """
     known = known if known is not None else {}
     root: Node[S] = Node(root_state)
@@ -188,14 +207,22 @@ def search(
         if node.visits and delta:
             _backpropagate(node, delta, visits=0)
 
+    screened = [0]
+
+    def record_batch(nodes: Sequence[Node[S]]) -> None:
+        """Measure ``nodes`` (those not known yet), then retrain the cost model once."""
+        fresh: list[tuple[S, float | None]] = []
+        for node in nodes:
+            if node.state not in known:
+                known[node.state] = measure(node.state)
+                samples[0] += 1
+                fresh.append((node.state, known[node.state]))
+            record(node)
+        if fresh:
+            cost_model.update([state for state, _ in fresh], [lat for _, lat in fresh])
+
     def record(node: Node[S]) -> None:
-        if node.state in known:
-            latency = known[node.state]  # measured in an earlier round: no sample spent
-        else:
-            latency = measure(node.state)
-            samples[0] += 1
-            known[node.state] = latency
-            cost_model.update([node.state], [latency])
+        latency = known[node.state]
         node.measured = True
         node.latency = latency
         if latency is None or not math.isfinite(latency) or latency <= 0:
@@ -215,8 +242,57 @@ def search(
         if best[0] is not None and best[0].latency is not None:
             curve.append((samples[0], best[0].latency))
 
-    record(root)
+    def predict(states: Sequence[S]) -> list[float]:
+        screened[0] += len(states)
+        return [float(v) for v in cost_model.predict(states)]
+
+    def add_child(parent: Node[S], proposal: Proposal[S], predicted: float) -> Node[S]:
+        child: Node[S] = Node(
+            proposal.state,
+            parent,
+            proposal.action,
+            proposal.source,
+            proposal.rationale,
+            proposal.next_model,
+            reward=predicted,
+        )
+        parent.children.append(child)
+        seen[proposal.state] = child
+        _backpropagate(child, child.reward)
+        return child
+
+    def roll_out(child: Node[S]) -> None:
+        """Greedy steps under the cost model from ``child``; its best state becomes a node."""
+        state, best_state, best_value, steps = child.state, None, child.reward, 0
+        visited = {state}
+        for step in range(rollout_depth):
+            neighbours = [
+                n
+                for n in rollout(state, rng)
+                if n not in seen and n not in visited  # type: ignore[misc]
+            ][:rollout_width]
+            if not neighbours:
+                break
+            values = predict(neighbours)
+            if rng.random() < explore_fraction:
+                pick = rng.randrange(len(neighbours))
+            else:
+                pick = max(range(len(neighbours)), key=values.__getitem__)
+            state = neighbours[pick]
+            visited.add(state)
+            if values[pick] > best_value:
+                best_state, best_value, steps = state, values[pick], step + 1
+        if best_state is not None:
+            rationale = f"cost-model rollout, {steps} moves from its parent"
+            add_child(child, Proposal("rollout", best_state, rationale, "rollout"), best_value)
+
+    record_batch([root])
     _backpropagate(root, root.reward)
+    starts = [s for s in dict.fromkeys(extra_roots) if s not in seen]
+    if starts:
+        for state, value in zip(starts, predict(starts), strict=True):
+            add_child(root, Proposal("transfer", state, "from a tuned workload", "transfer"), value)
+        record_batch([seen[s] for s in starts][: max(budget - samples[0], 0)])
     expansions = 0
     limit = max_expansions if max_expansions is not None else 50 * max(budget, 1)
     stop = should_stop or (lambda: False)
@@ -253,20 +329,14 @@ def search(
                 break  # every reachable state is in the tree
             continue
         leaf.empty_expansions = 0
-        predictions = cost_model.predict([p.state for p in proposals])
-        for proposal, predicted in zip(proposals, predictions, strict=True):
-            child: Node[S] = Node(
-                proposal.state,
-                leaf,
-                proposal.action,
-                proposal.source,
-                proposal.rationale,
-                proposal.next_model,
-                reward=float(predicted),
-            )
-            leaf.children.append(child)
-            seen[proposal.state] = child
-            _backpropagate(child, child.reward)
+        predictions = predict([p.state for p in proposals])
+        children = [
+            add_child(leaf, proposal, predicted)
+            for proposal, predicted in zip(proposals, predictions, strict=True)
+        ]
+        if rollout is not None and rollout_depth > 0:
+            for child in children:
+                roll_out(child)
         if expansions % measure_every == 0:
             pending = [n for n in seen.values() if not n.measured]
             pending.sort(key=lambda n: n.reward, reverse=True)
@@ -274,8 +344,7 @@ def search(
             for _ in range(min(measure_batch, len(pending), budget - samples[0])):
                 pick = rng.randrange(len(pending)) if rng.random() < explore_fraction else 0
                 batch.append(pending.pop(pick))
-            for node in batch:
-                record(node)
+            record_batch(batch)
     # Whatever is still only predicted gets measured, best prediction first, while budget remains.
     leftovers = sorted(
         (n for n in seen.values() if not n.measured), key=lambda n: n.reward, reverse=True
@@ -283,5 +352,5 @@ def search(
     for node in leftovers[: max(budget - samples[0], 0)]:
         if stop():
             break
-        record(node)
-    return SearchResult(best[0], samples[0], curve, root, len(seen), improvements)
+        record_batch([node])
+    return SearchResult(best[0], samples[0], curve, root, len(seen), improvements, screened[0])
