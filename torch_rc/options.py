@@ -72,6 +72,8 @@ TUNING_OPTIONS = frozenset(
         "tune_method",
         "tune_branching",
         "tune_context_depth",
+        "tune_rollout_depth",
+        "tune_transfer",
         "tune_seed",
         "progress",
         "llm_base_url",
@@ -134,6 +136,10 @@ class Options:
         tune_method: ``"mcts"`` (the Reasoning Compiler search) or ``"evolutionary"`` (MetaSchedule's).
         tune_branching: MCTS branching factor B (children per expansion; paper: 2).
         tune_context_depth: Ancestors shown to the proposer (paper: parent and grandparent = 2).
+        tune_rollout_depth: Steps of the cost-model rollout from each new MCTS child (0: none):
+            how many states are screened per real measurement.
+        tune_transfer: Start each kernel's search from the records of other shapes of the same
+            operator in the cache (adapted to the new loop extents, measured and verified first).
         tune_seed: Seed of the search.
         progress: Show a progress display while tuning.
         llm_base_url: OpenAI-compatible endpoint of the LLM proposer (``OPENAI_BASE_URL`` if
@@ -182,6 +188,8 @@ class Options:
     tune_method: TuneMethod = "mcts"
     tune_branching: int = 2
     tune_context_depth: int = 2
+    tune_rollout_depth: int = 0
+    tune_transfer: bool = True
     tune_seed: int = 0
     progress: bool = True
     llm_base_url: str = ""
@@ -222,7 +230,13 @@ class Options:
                 raise OptionsError(f"option {name!r} must be a finite number >= 0, got {value}")
         if self.select_margin >= 1:
             raise OptionsError(f"option 'select_margin' must be below 1, got {self.select_margin}")
-        for name in ("trials", "tune_time_s", "tune_total_s", "tune_context_depth"):
+        for name in (
+            "trials",
+            "tune_time_s",
+            "tune_total_s",
+            "tune_context_depth",
+            "tune_rollout_depth",
+        ):
             if getattr(self, name) < 0:
                 raise OptionsError(f"option {name!r} must be >= 0, got {getattr(self, name)}")
         if self.tune_branching < 1:

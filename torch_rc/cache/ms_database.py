@@ -99,6 +99,17 @@ def make_database(store: TuningStore, target_key: str) -> Any:
         def __len__(self) -> int:
             return len(self.get_all_tuning_records())
 
+        def transfer_traces(self, key: str, limit: int = 256) -> list[tuple[str, str]]:
+            """(workload key, trace) of the newest stored records of *other* workloads for this
+            target: what a search of workload ``key`` can start from (torch_rc.tuning.transfer)."""
+            records = [
+                r
+                for r in store.all_records()
+                if r.target_key == target_key and r.workload_key != key
+            ]
+            records.sort(key=lambda r: r.created, reverse=True)
+            return [(r.workload_key, r.trace) for r in records[:limit]]
+
         def promote(self, record: Any, check: Check, *, key: str = "", **provenance: Any) -> int:
             """Persist a measured record that passed ``check`` (CacheError if it did not);
             ``key`` overrides the workload key computed from the record's module."""

@@ -235,6 +235,13 @@ class RuleProposer:
             out.append((label, self.space.set_decision(state, decision.index, new)))
         return out
 
+    def neighbours(self, state: ScheduleState, rng: random.Random) -> list[ScheduleState]:
+        """Every state one built-in move away, in random order (for cost-model rollouts: no
+        scoring, no legality check here; an illegal state predicts 0)."""
+        states = list(dict.fromkeys(new for _, new in self._moves(state, rng) if new != state))
+        rng.shuffle(states)
+        return states
+
     def _scored(
         self, state: ScheduleState, rng: random.Random
     ) -> list[tuple[ScheduleState, tuple[float, str, dict[str, float]]]]:

@@ -37,6 +37,7 @@ from torch_rc.tuning.progress import TuningDisplay
 from torch_rc.tuning.rules import RuleProposer
 from torch_rc.tuning.scheduler import Slot, TaskScheduler
 from torch_rc.tuning.space import DesignSpace
+from torch_rc.tuning.transfer import transferred_states
 from torch_rc.tuning.tuner import TaskSearch, TuneResult
 
 __all__ = ["Task", "TuningRun", "extract_tasks", "tune_modules", "runs_dir"]
@@ -267,7 +268,9 @@ def _tune_modules(
     try:
         with display:
             profiled = _profile(pending, measurer, display, deadline)
-            _schedule(run, profiled, budget, deadline, options, hardware, measurer, display)
+            _schedule(
+                run, profiled, budget, deadline, options, hardware, measurer, display, database
+            )
             for task in profiled:
                 _conclude(task, database, target, run.proposer)
     except KeyboardInterrupt:
@@ -312,6 +315,7 @@ def _schedule(
     hardware: AnyHardware,
     measurer: Measurer,
     display: TuningDisplay,
+    database: Any,
 ) -> None:
     """Hand the budget out in rounds, by :class:`TaskScheduler`, to resumable searches."""
     slots = [Slot(float(t.weight), float(t.default_s or 0.0)) for t in tasks]
@@ -328,7 +332,7 @@ def _schedule(
         if index is None:
             break
         task = tasks[index]
-        search = searches.get(index) or _start_search(task, options, hardware, measurer)
+        search = searches.get(index) or _start_search(task, options, hardware, measurer, database)
         if search is None:
             slots[index].done = True
             continue
@@ -357,13 +361,26 @@ def _schedule(
 
 
 def _start_search(
-    task: Task, options: Options, hardware: AnyHardware, measurer: Measurer
+    task: Task, options: Options, hardware: AnyHardware, measurer: Measurer, database: Any
 ) -> TaskSearch | None:
     try:
         space = DesignSpace(task.mod, measurer.target, seed=1 + options.tune_seed)
+        transfer = []
+        if options.tune_transfer and database is not None and options.tune_method == "mcts":
+            found = transferred_states(space, database.transfer_traces(task.key))
+            transfer = [t.state for t in found]
+            if found:
+                logger.info(
+                    "torch_rc: %s starts from %d schedule(s) of tuned workloads (nearest %s)",
+                    task.name,
+                    len(found),
+                    found[0].source[:12],
+                )
         return TaskSearch(
             space,
             measurer,
+            transfer=transfer,
+            rollout_depth=options.tune_rollout_depth,
             method=options.tune_method,
             proposer=_proposer(space, options, hardware),
             hardware=hardware,

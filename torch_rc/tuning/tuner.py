@@ -22,7 +22,7 @@ from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.cost_model import XGBCostModel, make_xgb_model
 from torch_rc.tuning.mcts import search
 from torch_rc.tuning.measure import Measurement, Measurer
-from torch_rc.tuning.rules import rule_score
+from torch_rc.tuning.rules import RuleProposer, rule_score
 from torch_rc.tuning.space import DesignSpace, ScheduleState
 
 __all__ = ["METHODS", "Step", "TaskSearch", "TuneResult", "tune_workload"]
@@ -138,6 +138,8 @@ def tune_workload(
     exploration: float = math.sqrt(2.0),
     context_depth: int = 2,
     warmup: int = 8,
+    rollout_depth: int = 0,
+    transfer: Any = (),
 ) -> TuneResult:
     """Tune ``space``'s workload with ``trials`` real measurements (one :class:`TaskSearch`
     run to the end).
@@ -157,6 +159,8 @@ def tune_workload(
         exploration=exploration,
         context_depth=context_depth,
         warmup=warmup,
+        rollout_depth=rollout_depth,
+        transfer=transfer,
     )
     deadline = time.monotonic() + time_limit_s if time_limit_s else None
     task.step(trials, deadline)
@@ -190,6 +194,8 @@ class TaskSearch:
         exploration: float = math.sqrt(2.0),
         context_depth: int = 2,
         warmup: int = 8,
+        rollout_depth: int = 0,
+        transfer: Any = (),
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
@@ -201,6 +207,14 @@ class TaskSearch:
         self.proposer, self.hardware, self.seed = proposer, hardware, seed
         self.branching, self.exploration = branching, exploration
         self.context_depth, self.warmup = context_depth, warmup
+        self.rollout_depth = rollout_depth
+        # Starting points adapted from tuned workloads (torch_rc.tuning.transfer), measured first.
+        self._transfer = [s for s in transfer if space.legal(s)]
+        if self._transfer:
+            self.result.stats["transferred"] = len(self._transfer)
+        self._rollouts = (
+            RuleProposer(space, hardware) if method == "mcts" and hardware is not None else None
+        )
         self.tracker = _Tracker(self.result, progress, None)
         self.rng = random.Random(seed)
         self._known: dict[ScheduleState, float | None] = {}
@@ -269,6 +283,7 @@ class TaskSearch:
             return measurement.latency_s if measurement.ok else None
 
         root = self._best_state or _pick_root(space, self.hardware, self.rng)
+        extra, self._transfer = self._transfer, []
         prefix = list(self.result.steps)
         outcome = search(
             root,
@@ -284,7 +299,11 @@ class TaskSearch:
             should_stop=tracker.out_of_time,
             select=getattr(self.proposer, "select", None),
             known=self._known,
+            rollout=self._rollouts.neighbours if self._rollouts is not None else None,
+            rollout_depth=self.rollout_depth,
+            extra_roots=extra,
         )
+        self.result.stats["screened"] = self.result.stats.get("screened", 0) + outcome.screened
         counts = _count_sources(outcome.improvements)
         previous = self.result.stats.get("improvements_by_source", {})
         self.result.stats["improvements_by_source"] = {
