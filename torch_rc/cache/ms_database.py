@@ -99,14 +99,10 @@ def make_database(store: TuningStore, target_key: str) -> Any:
         def __len__(self) -> int:
             return len(self.get_all_tuning_records())
 
-        def transfer_traces(self, key: str, limit: int = 256) -> list[tuple[str, str]]:
-            """(workload key, trace) of the newest stored records of *other* workloads for this
-            target: what a search of workload ``key`` can start from (torch_rc.tuning.transfer)."""
-            records = [
-                r
-                for r in store.all_records()
-                if r.target_key == target_key and r.workload_key != key
-            ]
+        def transfer_traces(self, limit: int = 256) -> list[tuple[str, str]]:
+            """(workload key, trace) of the newest stored records for this target: what a search
+            can start from (torch_rc.tuning.transfer). One read of the store per call."""
+            records = [r for r in store.all_records() if r.target_key == target_key]
             records.sort(key=lambda r: r.created, reverse=True)
             return [(r.workload_key, r.trace) for r in records[:limit]]
 

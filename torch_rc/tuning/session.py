@@ -325,6 +325,7 @@ def _schedule(
             task.status, task.error = "skipped", "under 1% of the kernels' time: default schedule"
     round_size = max(2, min(8, budget // 4))
     searches: dict[int, TaskSearch] = {}
+    traces: list[tuple[str, str]] | None = None  # the store's records, read once per run
     spent = 0
     display.phase("tuning", budget, scheduler.projected_s())
     while spent < budget and time.monotonic() < deadline:
@@ -332,7 +333,12 @@ def _schedule(
         if index is None:
             break
         task = tasks[index]
-        search = searches.get(index) or _start_search(task, options, hardware, measurer, database)
+        if index not in searches and traces is None:
+            transfer_on = options.tune_transfer and options.tune_method == "mcts"
+            traces = database.transfer_traces() if transfer_on and database is not None else []
+        search = searches.get(index) or _start_search(
+            task, options, hardware, measurer, [t for t in traces or [] if t[0] != task.key]
+        )
         if search is None:
             slots[index].done = True
             continue
@@ -361,21 +367,24 @@ def _schedule(
 
 
 def _start_search(
-    task: Task, options: Options, hardware: AnyHardware, measurer: Measurer, database: Any
+    task: Task,
+    options: Options,
+    hardware: AnyHardware,
+    measurer: Measurer,
+    traces: list[tuple[str, str]],
 ) -> TaskSearch | None:
+    """A search for ``task``, starting also from ``traces`` (other workloads' records) adapted."""
     try:
         space = DesignSpace(task.mod, measurer.target, seed=1 + options.tune_seed)
-        transfer = []
-        if options.tune_transfer and database is not None and options.tune_method == "mcts":
-            found = transferred_states(space, database.transfer_traces(task.key))
-            transfer = [t.state for t in found]
-            if found:
-                logger.info(
-                    "torch_rc: %s starts from %d schedule(s) of tuned workloads (nearest %s)",
-                    task.name,
-                    len(found),
-                    found[0].source[:12],
-                )
+        found = transferred_states(space, traces) if traces else []
+        transfer = [t.state for t in found]
+        if found:
+            logger.info(
+                "torch_rc: %s starts from %d schedule(s) of tuned workloads (nearest %s)",
+                task.name,
+                len(found),
+                found[0].source[:12],
+            )
         return TaskSearch(
             space,
             measurer,

@@ -213,7 +213,9 @@ class TaskSearch:
         if self._transfer:
             self.result.stats["transferred"] = len(self._transfer)
         self._rollouts = (
-            RuleProposer(space, hardware) if method == "mcts" and hardware is not None else None
+            RuleProposer(space, hardware)
+            if method == "mcts" and hardware is not None and rollout_depth > 0
+            else None
         )
         self.tracker = _Tracker(self.result, progress, None)
         self.rng = random.Random(seed)
