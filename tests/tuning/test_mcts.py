@@ -275,3 +275,26 @@ def test_transferred_starting_points_are_measured_first():
     assert [n.state for n in transferred] == [(10, 4), (12, 6)]
     # The search goes on from the measured transfer: the optimum next to it is found quickly.
     assert OPT in measured
+
+
+def test_batched_measurement_is_the_same_search_with_whole_batches_at_once():
+    """An RPC fleet measures a batch at once (``measure_many``): the search, its counts and its
+    curve are what one-at-a-time measurement gives with the same batch size."""
+    batches = []
+
+    def measure_many(states):
+        batches.append(list(states))
+        return [latency(s) for s in states]
+
+    for seed in range(3):
+        one, measured_one, _, _ = run(seed, budget=37, measure_batch=4)
+        batches.clear()
+        many, measured_many, _, model = run(
+            seed, budget=37, measure_batch=4, measure_many=measure_many
+        )
+        assert many.samples == one.samples == 37 == model.updates
+        assert many.curve == one.curve and many.best.state == one.best.state
+        batched = [s for batch in batches for s in batch]
+        assert sorted(batched + measured_many) == sorted(measured_one)
+        assert batches and all(1 < len(batch) <= 4 for batch in batches)
+        assert len(set(batched)) == len(batched)  # never a state twice

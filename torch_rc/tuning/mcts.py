@@ -159,6 +159,7 @@ def search(
     rollout_depth: int = 0,
     rollout_width: int = 16,
     extra_roots: Sequence[S] = (),
+    measure_many: Callable[[Sequence[S]], list[float | None]] | None = None,
 ) -> SearchResult[S]:
     """Search for a fast state, spending at most ``budget`` real measurements.
 
@@ -188,6 +189,8 @@ def search(
         rollout_width: Neighbours scored per rollout step, at most.
         extra_roots: Other starting points (e.g. states transferred from tuned workloads): they
             become the root's children and are measured first, before any expansion.
+        measure_many: Measures several states at once (an RPC fleet); used instead of
+            ``measure`` for each batch when given. Same results, same order, same sample count.
     """
     known = known if known is not None else {}
     root: Node[S] = Node(root_state)
@@ -212,9 +215,14 @@ def search(
     def record_batch(nodes: Sequence[Node[S]]) -> None:
         """Measure ``nodes`` (those not known yet), then retrain the cost model once."""
         fresh: list[tuple[S, float | None]] = []
+        todo = list(dict.fromkeys(n.state for n in nodes if n.state not in known))
+        batch: dict[S, float | None] = {}
+        if measure_many is not None and len(todo) > 1:
+            batch = dict(zip(todo, measure_many(todo), strict=True))
         for node in nodes:
             if node.state not in known:
-                known[node.state] = measure(node.state)
+                state = node.state
+                known[state] = batch[state] if state in batch else measure(state)
                 samples[0] += 1
                 fresh.append((node.state, known[node.state]))
             record(node)
@@ -349,8 +357,10 @@ def search(
     leftovers = sorted(
         (n for n in seen.values() if not n.measured), key=lambda n: n.reward, reverse=True
     )
-    for node in leftovers[: max(budget - samples[0], 0)]:
+    leftovers = leftovers[: max(budget - samples[0], 0)]
+    chunk = measure_batch if measure_many is not None else 1
+    for start in range(0, len(leftovers), chunk):
         if stop():
             break
-        record_batch([node])
+        record_batch(leftovers[start : start + chunk])
     return SearchResult(best[0], samples[0], curve, root, len(seen), improvements, screened[0])
