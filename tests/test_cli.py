@@ -320,3 +320,27 @@ def torch_rc_errors():
     import torch_rc.errors
 
     return torch_rc.errors
+
+
+def test_fleet_flags_name_their_problems(tmp_path, monkeypatch):
+    from torch_rc.tuning.fleet import free_port
+
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    bad = runner.invoke(main, ["tune", "torch.nn:Identity", "--input", "4x4", "--rpc-tracker", "x"])
+    assert bad.exit_code == 1 and "'rpc_tracker' must be HOST:PORT" in bad.output
+    dead = f"127.0.0.1:{free_port()}"
+    for command in (
+        ["tune", "torch.nn:Identity", "--input", "4x4"],
+        ["warmup", "torch.nn:Identity", "--input", "4x4", "--trials", "8"],
+    ):
+        result = runner.invoke(main, [*command, "--rpc-tracker", dead, "--rpc-key", "k"])
+        assert result.exit_code == 1 and f"tracker at {dead} does not answer" in result.output, (
+            result.output
+        )
+        assert "Traceback" not in result.output
+    wrong = runner.invoke(
+        main,
+        ["tune", "torch.nn:Identity", "--input", "4x4", "--drivers", "2", "--driver-index", "5"],
+    )
+    assert wrong.exit_code == 1 and "'tune_driver_index' must be in 0..1" in wrong.output

@@ -43,3 +43,39 @@ def test_modes_map_to_presets_and_unknown_mode_fails():
     assert Options.resolve(mode="default", environ={}) == Options()
     with pytest.raises(OptionsError, match="unknown torch.compile mode"):
         Options.resolve(mode="turbo", environ={})
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"rpc_tracker": "tracker.lan"}, "'rpc_tracker' must be HOST:PORT"),
+        ({"rpc_tracker": "tracker.lan:99999", "rpc_key": "k"}, "'rpc_tracker' must be HOST:PORT"),
+        ({"rpc_tracker": "tracker.lan:9190"}, "'rpc_key' is needed"),
+        ({"rpc_key": "epyc"}, "'rpc_key' needs 'rpc_tracker'"),
+        ({"rpc_tracker": "t:9190", "rpc_key": "k", "rpc_timeout_s": 0}, "'rpc_timeout_s'"),
+        ({"rpc_retries": -1}, "'rpc_retries' must be >= 0"),
+        ({"tune_drivers": 0}, "'tune_drivers' must be >= 1"),
+        ({"tune_drivers": 2, "tune_driver_index": 2}, r"'tune_driver_index' must be in 0\.\.1"),
+    ],
+)
+def test_fleet_options_are_checked_and_named(given, message):
+    with pytest.raises(OptionsError, match=message):
+        Options.resolve(given, environ={})
+
+
+def test_fleet_options_come_from_the_environment():
+    opts = Options.resolve(
+        None,
+        environ={
+            "TORCH_RC_RPC_TRACKER": "10.0.0.5:9190",
+            "TORCH_RC_RPC_KEY": "epyc",
+            "TORCH_RC_TUNE_DRIVERS": "4",
+            "TORCH_RC_TUNE_DRIVER_INDEX": "3",
+        },
+    )
+    assert (opts.rpc_tracker, opts.rpc_key, opts.tune_drivers, opts.tune_driver_index) == (
+        "10.0.0.5:9190",
+        "epyc",
+        4,
+        3,
+    )

@@ -20,6 +20,7 @@ from torch_rc.numerics import max_abs_error
 from torch_rc.options import Options, with_budget
 from torch_rc.platform.hardware import gpu_hardware
 from torch_rc.platform.target import detect_target
+from torch_rc.tuning.remote import check_fleet
 from torch_rc.tuning.report import add_graph_timings
 from torch_rc.tuning.session import Task, TuningRun, tune_modules
 
@@ -95,6 +96,8 @@ def tune(
         resolved = resolved.replace(tune="auto")  # an explicit tune() call means tune
     if resolved.cache:
         persistent_store(resolved.store_location(), "the tuning results")
+    if resolved.rpc_tracker and resolved.tuning:
+        check_fleet(resolved.rpc_tracker, resolved.rpc_key)  # a clear error before compiling
     sink: list[GraphReport] = []
 
     torch._dynamo.reset()

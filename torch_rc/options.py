@@ -75,6 +75,12 @@ TUNING_OPTIONS = frozenset(
         "tune_rollout_depth",
         "tune_transfer",
         "tune_seed",
+        "tune_drivers",
+        "tune_driver_index",
+        "rpc_tracker",
+        "rpc_key",
+        "rpc_timeout_s",
+        "rpc_retries",
         "progress",
         "llm_base_url",
         "llm_model",
@@ -141,6 +147,16 @@ class Options:
         tune_transfer: Start each kernel's search from the records of other shapes of the same
             operator in the cache (adapted to the new loop extents, measured and verified first).
         tune_seed: Seed of the search.
+        tune_drivers: Tuning processes sharing one model's kernels (README "Tuning on a fleet"):
+            each tunes the kernels whose workload key falls to it (key hash modulo this), and
+            all write into one store (``cache_url``), so every process sees the union.
+        tune_driver_index: Which of the ``tune_drivers`` this process is (0-based).
+        rpc_tracker: ``HOST:PORT`` of a TVM RPC tracker: candidates are built here and checked
+            and timed on the tracker's servers of ``rpc_key``, in parallel (empty: measure here).
+        rpc_key: The device key the RPC servers registered with.
+        rpc_timeout_s: Longest one remote measurement may take before it is retried elsewhere.
+        rpc_retries: Extra attempts of a measurement that failed because of a server (died, hung,
+            wrong device) before it counts as a failed sample.
         progress: Show a progress display while tuning.
         llm_base_url: OpenAI-compatible endpoint of the LLM proposer (``OPENAI_BASE_URL`` if
             unset). With neither this nor ``llm_model`` set, the built-in rules propose.
@@ -191,6 +207,12 @@ class Options:
     tune_rollout_depth: int = 0
     tune_transfer: bool = True
     tune_seed: int = 0
+    tune_drivers: int = 1
+    tune_driver_index: int = 0
+    rpc_tracker: str = ""
+    rpc_key: str = ""
+    rpc_timeout_s: float = 60.0
+    rpc_retries: int = 2
     progress: bool = True
     llm_base_url: str = ""
     llm_model: str = ""
@@ -250,6 +272,31 @@ class Options:
             raise OptionsError(
                 f"option 'llm_escalate_every' must be >= 1, got {self.llm_escalate_every}"
             )
+        if self.tune_drivers < 1:
+            raise OptionsError(f"option 'tune_drivers' must be >= 1, got {self.tune_drivers}")
+        if not 0 <= self.tune_driver_index < self.tune_drivers:
+            raise OptionsError(
+                f"option 'tune_driver_index' must be in 0..{self.tune_drivers - 1} "
+                f"(tune_drivers={self.tune_drivers}), got {self.tune_driver_index}"
+            )
+        if self.rpc_tracker:
+            host, sep, port = self.rpc_tracker.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise OptionsError(
+                    f"option 'rpc_tracker' must be HOST:PORT (e.g. 127.0.0.1:9190), "
+                    f"got {self.rpc_tracker!r}"
+                )
+            if not self.rpc_key:
+                raise OptionsError(
+                    "option 'rpc_key' is needed with 'rpc_tracker': the device key the RPC "
+                    "servers registered with (python -m tvm.exec.rpc_server --key KEY)"
+                )
+        elif self.rpc_key:
+            raise OptionsError("option 'rpc_key' needs 'rpc_tracker' (HOST:PORT of the tracker)")
+        if self.rpc_timeout_s <= 0:
+            raise OptionsError(f"option 'rpc_timeout_s' must be > 0, got {self.rpc_timeout_s}")
+        if self.rpc_retries < 0:
+            raise OptionsError(f"option 'rpc_retries' must be >= 0, got {self.rpc_retries}")
         if self.llm_timeout_s <= 0:
             raise OptionsError(f"option 'llm_timeout_s' must be > 0, got {self.llm_timeout_s}")
 

@@ -36,6 +36,7 @@ from torch_rc.numerics import compare_outputs, max_abs_error
 from torch_rc.onnx_model import OnnxModel, load_onnx
 from torch_rc.options import Options, with_budget
 from torch_rc.platform.target import local_target_keys
+from torch_rc.tuning.remote import check_fleet
 
 __all__ = ["BucketResult", "ServingModel", "WarmupReport", "warmup", "inputs_like"]
 
@@ -171,6 +172,8 @@ def warmup(
     )
     if resolved.cache:
         persistent_store(resolved.store_location(), "what warm-up compiles and tunes")
+    if resolved.rpc_tracker and resolved.tuning:
+        check_fleet(resolved.rpc_tracker, resolved.rpc_key)  # a clear error before compiling
     buckets = (
         [list(map(tuple, b)) for b in shapes] if shapes else [signature_shapes(example_inputs)]
     )

@@ -125,3 +125,79 @@ def test_torch_compile_tunes_with_the_real_local_llm(tmp_path, llm_url):
         p.read_bytes() for p in (tmp_path / "runs").iterdir()
     )
     assert b"sk-local-test" not in stored  # the API key is never written anywhere
+
+
+def test_shards_split_every_key_once_and_agree_everywhere():
+    from torch_rc.tuning.session import shard_of
+
+    keys = [f"{i:016x}" for i in range(2000)]
+    for drivers in (1, 2, 3, 5):
+        owners = [shard_of(key, drivers) for key in keys]
+        assert set(owners) == set(range(drivers))  # every driver gets work
+        assert owners == [shard_of(key, drivers) for key in keys]  # deterministic
+    # The split is fixed across processes and machines (a hash of the key, not Python's
+    # salted hash()): these values are what every driver computes.
+    assert [shard_of(k, 3) for k in ("e09724099ae5174e", "0" * 16, "f" * 16)] == [
+        int(__import__("hashlib").sha256(k.encode()).hexdigest()[:12], 16) % 3
+        for k in ("e09724099ae5174e", "0" * 16, "f" * 16)
+    ]
+
+
+MODELS = """
+import torch
+
+def layers():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 96), torch.nn.ReLU(),
+        torch.nn.Linear(96, 160), torch.nn.GELU(),
+        torch.nn.Linear(160, 48), torch.nn.Tanh(),
+        torch.nn.Linear(48, 128), torch.nn.Sigmoid(),
+        torch.nn.Linear(128, 32),
+    )
+"""
+
+
+def test_two_drivers_split_one_model_over_one_redis_store(tmp_path, redis_url):
+    """Two real ``torch-rc tune`` processes at once, one model, one Redis store: each tunes
+    the kernels that hash to it, nothing is tuned twice, and the store ends with every one."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "fleet_models.py").write_text(MODELS)
+    procs = []
+    for index in range(2):
+        env = {
+            **os.environ,
+            "TORCH_RC_CACHE_DIR": str(tmp_path / f"driver{index}"),
+            "PYTHONPATH": str(tmp_path),
+        }
+        command = [sys.executable, "-m", "torch_rc.cli", "tune", "fleet_models:layers"]
+        command += ["--input", "8x64", "--trials", "24", "--cache-url", redis_url]
+        command += ["--drivers", "2", "--driver-index", str(index), "--no-progress"]
+        procs.append(
+            subprocess.Popen(
+                command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
+    outputs = [proc.communicate(timeout=900)[0] for proc in procs]
+    for proc, output in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, output
+    logs = []
+    for index in range(2):
+        (path,) = (tmp_path / f"driver{index}" / "runs").glob("run-*.json")
+        logs.append({t["key"]: t for t in json.loads(path.read_text())["tasks"]})
+    assert logs[0].keys() == logs[1].keys()  # both saw the same kernels
+    worked = [{k for k, t in log.items() if t.get("samples")} for log in logs]
+    assert worked[0] and worked[1], "each driver tuned some kernels"
+    assert not worked[0] & worked[1], "no kernel was tuned twice"
+    for index, log in enumerate(logs):
+        for key, task in log.items():
+            if key in worked[1 - index]:
+                assert task["status"] in ("other-driver", "cached"), task
+    # Every kernel a driver tuned and kept is in the shared store, where any replica (or a
+    # warm-up run) reads it.
+    kept = {k for log in logs for k, t in log.items() if t["status"] in ("tuned", "interrupted")}
+    stored = {r.workload_key for r in open_store(redis_url).all_records()}
+    assert kept and kept <= stored

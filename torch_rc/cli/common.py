@@ -110,6 +110,66 @@ DEVICE = click.option(
 )
 
 
+def fleet_flags(fn: _F) -> _F:
+    """The ``--rpc-*`` and ``--drivers`` flags (README "Tuning on a fleet"); the command gets
+    them as one ``fleet`` dict of the backend options that were given."""
+    flags = [
+        click.option(
+            "--rpc-tracker",
+            default="",
+            metavar="HOST:PORT",
+            help="Measure on the servers of a TVM RPC tracker (python -m tvm.exec.rpc_tracker); "
+            "candidates are built here. Env: TORCH_RC_RPC_TRACKER.",
+        ),
+        click.option(
+            "--rpc-key",
+            default="",
+            metavar="KEY",
+            help="The device key the RPC servers registered with (rpc_server --key). "
+            "Env: TORCH_RC_RPC_KEY.",
+        ),
+        click.option(
+            "--rpc-timeout",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="Longest one remote measurement may take before it is retried on another "
+            "server (default 60).",
+        ),
+        click.option(
+            "--drivers",
+            type=int,
+            default=None,
+            metavar="N",
+            help="Tuning processes sharing this model's kernels (with one --cache-url store).",
+        ),
+        click.option(
+            "--driver-index",
+            type=int,
+            default=None,
+            metavar="I",
+            help="Which of the --drivers this process is (0..N-1): it tunes the kernels whose "
+            "workload key hashes to I.",
+        ),
+    ]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = {
+            "rpc_tracker": kwargs.pop("rpc_tracker"),
+            "rpc_key": kwargs.pop("rpc_key"),
+            "rpc_timeout_s": kwargs.pop("rpc_timeout"),
+            "tune_drivers": kwargs.pop("drivers"),
+            "tune_driver_index": kwargs.pop("driver_index"),
+        }
+        kwargs["fleet"] = {k: v for k, v in given.items() if v not in (None, "")}
+        return fn(*args, **kwargs)
+
+    for flag in reversed(flags):
+        wrapper = flag(wrapper)
+    return wrapper  # type: ignore[return-value]
+
+
 def place(model: Any, examples: list[Any], device: str) -> tuple[Any, list[Any]]:
     """``model`` and ``examples`` moved to ``device`` (a clear error when there is none)."""
     import torch

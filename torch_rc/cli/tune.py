@@ -17,6 +17,7 @@ from torch_rc.cli.common import (
     LLM_URL,
     clear_errors,
     console,
+    fleet_flags,
     location_options,
     place,
     wide_console,
@@ -69,6 +70,7 @@ from torch_rc.cli.inputs import (
 @CACHE_DIR
 @CACHE_URL
 @click.option("--no-progress", is_flag=True, help="No progress display.")
+@fleet_flags
 @clear_errors
 def tune(
     model: str | None,
@@ -85,6 +87,7 @@ def tune(
     cache_dir: str | None,
     cache_url: str | None,
     no_progress: bool,
+    fleet: dict[str, Any],
 ) -> None:
     """Tune MODEL (package.module:factory or an ExportedProgram .pt2, with --input per example
     input; or an ONNX file, .onnx, whose static shapes need no --input) or one TIR workload
@@ -97,6 +100,7 @@ def tune(
       torch-rc tune model.onnx --input 1x3x224x224 --trials 64
       torch-rc tune --tir matmul.py --trials 64 --method evolutionary
       torch-rc tune mymodels:build_mlp --input 256x1024 --device cuda --trials 256
+      torch-rc tune mymodels:build_mlp --input 32x256 --rpc-tracker 10.0.0.5:9190 --rpc-key epyc
 
     Ctrl-C stops tuning and keeps what was tuned. Then: torch-rc report.
     """
@@ -111,6 +115,7 @@ def tune(
             cache_dir=cache_dir, cache_url=cache_url, llm_url=llm_url, llm_model=llm_model
         )
     )
+    options.update(fleet)
     if trials < 1:
         raise click.BadParameter("must be >= 1", param_hint="--trials")
     from torch_rc.options import Options, with_budget

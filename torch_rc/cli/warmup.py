@@ -17,6 +17,7 @@ from torch_rc.cli.common import (
     LLM_URL,
     clear_errors,
     console,
+    fleet_flags,
     location_options,
     place,
 )
@@ -69,6 +70,7 @@ from torch_rc.cli.inputs import (
 )
 @CACHE_DIR
 @CACHE_URL
+@fleet_flags
 @clear_errors
 def warmup(
     model: str,
@@ -83,6 +85,7 @@ def warmup(
     bundle: str | None,
     cache_dir: str | None,
     cache_url: str | None,
+    fleet: dict[str, Any],
 ) -> None:
     """Compile (and with --trials tune) MODEL for every shape bucket, fill the cache, and
     optionally write a bundle that serving replicas load with zero tuning.
@@ -116,6 +119,7 @@ def warmup(
     options = location_options(
         cache_dir=cache_dir, cache_url=cache_url, llm_url=llm_url, llm_model=llm_model
     )
+    options.update(fleet)
     from torch_rc.options import Options
 
     Options.resolve(options)  # bad options (flags or TORCH_RC_*) fail before any work

@@ -42,6 +42,7 @@ class Measurement:
         check: The correctness check (None when the build failed).
         error: Why the candidate failed (build error or wrong result), or None.
         build_s: Seconds spent building.
+        where: The RPC server that measured it ("" when measured in this process).
     """
 
     latency_s: float | None
@@ -50,6 +51,7 @@ class Measurement:
     check: Check | None = None
     error: str | None = None
     build_s: float = 0.0
+    where: str = ""
 
     @property
     def ok(self) -> bool:
@@ -76,6 +78,9 @@ class Measurer:
         self.device = target_device(target)
         self._references: dict[str, tuple[list[Any], torch.Tensor]] = {}
         self.count = 0  # real measurements made (the sample count everything reports)
+        self.parallelism = 1  # measurements that can run at once (RPC fleets have more)
+        self.measured = 0  # every measurement, baselines included
+        self.seconds = 0.0  # spent measuring: builds, checks, timing
 
     def _reference(self, reference_mod: Any) -> tuple[list[Any], torch.Tensor]:
         key = workload_key(reference_mod["main"])
@@ -86,7 +91,25 @@ class Measurer:
             self._references[key] = (arrays, want)
         return self._references[key]
 
+    def measure_many(
+        self, reference_mod: Any, candidate_mods: Any, *, count: bool = True
+    ) -> list[Measurement]:
+        """Measure several candidates (one after another here; a fleet measures them at once)."""
+        return [self.measure(reference_mod, mod, count=count) for mod in candidate_mods]
+
+    def summary(self) -> dict[str, Any]:
+        """Accounting for the run log (what remote measurement reports, for comparison)."""
+        return {"where": "local", "measured": self.measured, "seconds": round(self.seconds, 2)}
+
     def measure(self, reference_mod: Any, candidate_mod: Any, *, count: bool = True) -> Measurement:
+        start = time.perf_counter()
+        try:
+            return self._measure(reference_mod, candidate_mod, count=count)
+        finally:
+            self.measured += 1
+            self.seconds += time.perf_counter() - start
+
+    def _measure(self, reference_mod: Any, candidate_mod: Any, *, count: bool) -> Measurement:
         """Measure ``candidate_mod`` (a scheduled version of ``reference_mod``); ``count=False``
         for baselines that are not tuning samples (the untuned function)."""
         self.count += int(count)

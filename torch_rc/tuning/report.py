@@ -55,6 +55,20 @@ def print_run(run: dict[str, Any], console: Console, steps: int = 8) -> None:
             f"{_ms(before)} ms with default schedules -> {_ms(after)} ms tuned "
             f"({before / after:.2f}x)"
         )
+    measuring = run.get("measuring") or {}
+    if measuring.get("where") == "rpc":
+        spread = ", ".join(f"{k} {v}" for k, v in (measuring.get("by_server") or {}).items())
+        faults = ", ".join(
+            f"{measuring[k]} {k}" for k in ("retries", "timeouts", "refused") if measuring.get(k)
+        )
+        console.print(
+            f"measured through the RPC tracker {measuring.get('tracker')} (key "
+            f"{measuring.get('key')}): {measuring.get('measured', 0)} measurements in "
+            f"{measuring.get('seconds', 0)} s on {spread or 'no server'}"
+            + (f"; {faults}" if faults else "")
+        )
+    if run.get("stopped"):
+        console.print(f"[yellow]stopped early: {run['stopped']}[/]")
     graph = run.get("graph") or {}
     if graph.get("eager_ms") and graph.get("compiled_ms"):
         console.print(

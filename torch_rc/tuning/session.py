@@ -9,10 +9,16 @@ estimated FLOPs x weight (kernels under 2% of the work keep default schedules), 
 verified against the untuned kernel — is written to the store, where the build picks it up.
 Every run is logged as JSON under ``<cache_dir>/runs/`` for ``torch-rc report``. Ctrl-C or the
 time limits stop tuning and keep everything tuned so far.
+
+On a fleet (README "Tuning on a fleet"): with ``rpc_tracker`` the candidates are checked and timed
+on an RPC tracker's servers (:mod:`torch_rc.tuning.remote`), and a tracker that goes away ends the
+run like Ctrl-C; with ``tune_drivers`` > 1 this process tunes only the kernels whose workload key
+hashes to ``tune_driver_index`` (:func:`shard_of`), and skips any another process stored meanwhile.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -34,6 +40,7 @@ from torch_rc.tuning.llm_proposer import LLMProposer
 from torch_rc.tuning.measure import Measurer
 from torch_rc.tuning.pool import PoolProposer, parse_pool
 from torch_rc.tuning.progress import TuningDisplay
+from torch_rc.tuning.remote import RemoteMeasurer, TrackerGone
 from torch_rc.tuning.rules import RuleProposer
 from torch_rc.tuning.scheduler import Slot, TaskScheduler
 from torch_rc.tuning.space import DesignSpace
@@ -80,7 +87,8 @@ class Task:
     flops: float
     trials: int = 0
     status: str = (
-        "pending"  # pending | cached | skipped | tuned | kept-default | failed | interrupted
+        "pending"  # pending | cached | other-driver | skipped | tuned | kept-default | failed
+        # | interrupted
     )
     default_s: float | None = None  # latency with torch_rc's default schedule (the bar to beat)
     result: TuneResult | None = None
@@ -100,6 +108,8 @@ class TuningRun:
     log_path: str = ""
     hardware: str = ""
     projected: dict[str, float] = field(default_factory=dict)  # kernel time per inference
+    measuring: dict[str, Any] = field(default_factory=dict)  # where and how long (RPC stats)
+    stopped: str = ""  # why the run ended early, when not Ctrl-C or a limit (tracker gone)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -111,6 +121,8 @@ class TuningRun:
             "seconds": round(self.seconds, 2),
             "hardware": self.hardware or host_hardware().describe(),
             "projected": self.projected,
+            "measuring": self.measuring,
+            "stopped": self.stopped,
             "tasks": [
                 {
                     "name": t.name,
@@ -262,19 +274,38 @@ def _tune_modules(
     for task in run.tasks:
         if database is not None and database.has_workload(task.mod):
             task.status = "cached"
+        elif shard_of(task.key, options.tune_drivers) != options.tune_driver_index:
+            task.status = "other-driver"
+            task.error = (
+                f"tuned by driver {shard_of(task.key, options.tune_drivers)} of "
+                f"{options.tune_drivers}"
+            )
     pending = [t for t in run.tasks if t.status == "pending"]
-    measurer = Measurer(target, repeats=5, min_repeat_ms=10, seed=options.tune_seed)
+    measurer = _measurer(target, options) if pending else None
     display = TuningDisplay(options.progress and bool(pending), budget)
+    profiled: list[Task] = []
     try:
         with display:
-            profiled = _profile(pending, measurer, display, deadline)
-            _schedule(
-                run, profiled, budget, deadline, options, hardware, measurer, display, database
-            )
-            for task in profiled:
-                _conclude(task, database, target, run.proposer)
+            if measurer is not None:
+                profiled = _profile(pending, measurer, display, deadline)
+                _schedule(
+                    run, profiled, budget, deadline, options, hardware, measurer, display, database
+                )
     except KeyboardInterrupt:
         run.interrupted = True
+    except TrackerGone as exc:
+        run.interrupted = True
+        run.stopped = str(exc)
+        logger.warning("torch_rc: %s", exc)
+    try:
+        for task in profiled:
+            _conclude(task, database, target, run.proposer)
+    except KeyboardInterrupt:
+        run.interrupted = True
+    if measurer is not None:
+        run.measuring = measurer.summary()
+        if hasattr(measurer, "close"):
+            measurer.close()
     run.seconds = time.monotonic() - start
     PROCESS_CLOCK.spend(run.seconds)
     if run.interrupted:
@@ -284,6 +315,30 @@ def _tune_modules(
         )
     run.log_path = _write_log(run, options)
     return run
+
+
+def shard_of(key: str, drivers: int) -> int:
+    """Which of ``drivers`` tuning processes tunes the workload ``key`` (the same answer in
+    every process and on every machine: a hash of the key, not Python's salted ``hash``)."""
+    if drivers <= 1:
+        return 0
+    return int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) % drivers
+
+
+def _measurer(target: Any, options: Options) -> Any:
+    """Where candidates are checked and timed: this process, or an RPC tracker's servers."""
+    if options.rpc_tracker:
+        return RemoteMeasurer(
+            target,
+            tracker=options.rpc_tracker,
+            key=options.rpc_key,
+            timeout_s=options.rpc_timeout_s,
+            retries=options.rpc_retries,
+            repeats=5,
+            min_repeat_ms=10,
+            seed=options.tune_seed,
+        )
+    return Measurer(target, repeats=5, min_repeat_ms=10, seed=options.tune_seed)
 
 
 def _profile(
@@ -333,6 +388,11 @@ def _schedule(
         if index is None:
             break
         task = tasks[index]
+        if index not in searches and database is not None and database.has_workload(task.mod):
+            # Another process (a driver sharing the store) finished it meanwhile.
+            task.status, task.error = "cached", "tuned by another process meanwhile"
+            slots[index].done = True
+            continue
         if index not in searches and traces is None:
             transfer_on = options.tune_transfer and options.tune_method == "mcts"
             traces = database.transfer_traces() if transfer_on and database is not None else []
@@ -343,7 +403,13 @@ def _schedule(
             slots[index].done = True
             continue
         searches[index] = search
-        got = search.step(min(round_size, budget - spent), deadline)
+        try:
+            got = search.step(min(round_size, budget - spent), deadline)
+        except TrackerGone as exc:  # the fleet is gone: keep every search's best so far
+            task.trials = search.samples
+            run.interrupted, run.stopped = True, str(exc)
+            logger.warning("torch_rc: %s", exc)
+            break
         spent += got
         task.trials = search.samples
         scheduler.record(index, search.best_latency_s, got)
@@ -439,6 +505,8 @@ def _default_latency(mod: Any, measurer: Measurer) -> float | None:
         with measurer.target:
             scheduled = (gpu_default_schedule_pass() if gpu else default_schedule_pass())(copy)
         measurement = measurer.measure(mod, scheduled, count=False)
+    except TrackerGone:
+        raise
     except Exception:  # the default rule could not schedule it: any verified result is better
         return None
     return measurement.latency_s if measurement.ok else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.cost_model import XGBCostModel, make_xgb_model
 from torch_rc.tuning.mcts import search
 from torch_rc.tuning.measure import Measurement, Measurer
+from torch_rc.tuning.remote import TrackerGone
 from torch_rc.tuning.rules import RuleProposer, rule_score
 from torch_rc.tuning.space import DesignSpace, ScheduleState
 
@@ -248,6 +249,10 @@ class TaskSearch:
                 self._evolutionary_round(trials)
         except KeyboardInterrupt:
             self.result.interrupted = True
+        except TrackerGone:  # the fleet is gone: keep what was measured, let the run end
+            self.result.interrupted = True
+            self._seconds += time.monotonic() - start
+            raise
         if self.tracker.out_of_time():
             self.result.interrupted = True
         self._seconds += time.monotonic() - start
@@ -284,6 +289,24 @@ class TaskSearch:
             tracker.add(measurement, sch.trace)
             return measurement.latency_s if measurement.ok else None
 
+        def measure_many(states: Sequence[ScheduleState]) -> list[float | None]:
+            """A batch at once, over a fleet's servers (same accounting as ``measure``)."""
+            schedules = [space.schedule(state) for state in states]
+            built = [sch for sch in schedules if sch is not None]
+            measured = iter(measurer.measure_many(space.mod, [sch.mod for sch in built]))
+            latencies: list[float | None] = []
+            for sch in schedules:
+                if sch is None:
+                    measurer.count += 1
+                    tracker.add(Measurement(None, error="illegal schedule"), None)
+                    latencies.append(None)
+                    continue
+                measurement = next(measured)
+                tracker.add(measurement, sch.trace)
+                latencies.append(measurement.latency_s if measurement.ok else None)
+            return latencies
+
+        parallel = getattr(measurer, "parallelism", 1) > 1
         root = self._best_state or _pick_root(space, self.hardware, self.rng)
         extra, self._transfer = self._transfer, []
         prefix = list(self.result.steps)
@@ -304,6 +327,8 @@ class TaskSearch:
             rollout=self._rollouts.neighbours if self._rollouts is not None else None,
             rollout_depth=self.rollout_depth,
             extra_roots=extra,
+            measure_many=measure_many if parallel else None,
+            measure_batch=max(2, getattr(measurer, "parallelism", 1)),
         )
         self.result.stats["screened"] = self.result.stats.get("screened", 0) + outcome.screened
         counts = _count_sources(outcome.improvements)
@@ -360,8 +385,8 @@ class TaskSearch:
                 break
             candidates = list(candidates)[: goal - self.result.samples]
             results = []
-            for candidate in candidates:
-                measurement = measurer.measure(space.mod, candidate.sch.mod)
+            measurements = measurer.measure_many(space.mod, [c.sch.mod for c in candidates])
+            for candidate, measurement in zip(candidates, measurements, strict=True):
                 tracker.add(measurement, candidate.sch.trace)
                 ok = measurement.ok and measurement.latency_s is not None
                 run_secs = [measurement.latency_s] if ok else None
