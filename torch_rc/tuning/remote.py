@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import json
 import os
 import shutil
 import socket
@@ -195,6 +196,8 @@ class RemoteMeasurer:
         self._references: dict[str, tuple[str, list[np.ndarray], torch.Tensor]] = {}
         self._workdir = tempfile.mkdtemp(prefix="torch_rc-rpc-")
         self._serial = 0
+        # (server, session start, timing end) of each measurement that was timed, wall clock.
+        self.intervals: list[tuple[str, float, float]] = []
         self._runner = self._make_runner()
 
     # --------------------------------------------------------------------------- setup
@@ -357,9 +360,12 @@ class RemoteMeasurer:
         self, artifact: str, build_s: float, outcome: Any, error: str | None, want: torch.Tensor
     ) -> Measurement:
         folder = os.path.dirname(artifact)
-        where = _read_where(folder)
+        info = _read_where(folder)
+        where = str(info.get("server", ""))
         if where:
             self.stats["by_server"][where] += 1
+        if where and info.get("started") and info.get("ended"):
+            self.intervals.append((where, float(info["started"]), float(info["ended"])))
         if error is not None:
             first = [line for line in error.splitlines() if line.strip()][-1:] or [error]
             reason = "wrong result" if "WrongResult" in error or "wrong result" in error else ""
@@ -406,11 +412,10 @@ def _fleet_fault(error: str) -> bool:
     return "WrongResult" not in error and "wrong result" not in error
 
 
-def _read_where(folder: str) -> str:
-    import json
-
+def _read_where(folder: str) -> dict[str, Any]:
     try:
         with open(os.path.join(folder, rpc_worker.WHERE)) as f:
-            return str(json.load(f).get("server", ""))
+            found = json.load(f)
     except (OSError, ValueError):
-        return ""
+        return {}
+    return found if isinstance(found, dict) else {}

@@ -26,6 +26,7 @@ import json
 import os
 import socket
 import struct
+import time
 from typing import Any
 
 import numpy as np
@@ -119,6 +120,7 @@ def create_session(rpc_config: Any, expected: dict[str, str] | None = None) -> A
     """``RPCRunner``'s ``f_create_session``: a session on a free server whose device matches
     ``expected`` (bound by :mod:`torch_rc.tuning.remote` with ``functools.partial``)."""
     _CURRENT.clear()
+    _CURRENT["started"] = time.time()
     session, where = request_server(
         rpc_config.tracker_host,
         int(rpc_config.tracker_port),
@@ -176,8 +178,7 @@ def run_evaluator(
     rt_mod["main"](*args)
     got = args[-1].numpy()
     np.save(os.path.join(folder, OUTPUT), got, allow_pickle=False)
-    with open(os.path.join(folder, WHERE), "w") as f:
-        json.dump({"server": _CURRENT.get("server", ""), "device": _CURRENT.get("device")}, f)
+    _write_where(folder)
     want = reference["expected"]
     rtol, atol = float(reference["rtol"]), float(reference["atol"])
     if got.shape != want.shape or not np.allclose(
@@ -191,4 +192,19 @@ def run_evaluator(
         repeat=evaluator_config.repeat,
         min_repeat_ms=evaluator_config.min_repeat_ms,
     )
-    return [float(r) for r in evaluator(*args).results]
+    runs = [float(r) for r in evaluator(*args).results]
+    _write_where(folder, ended=time.time())
+    return runs
+
+
+def _write_where(folder: str, **extra: float) -> None:
+    """Which server measured the candidate, what it said its device is, and when (the session's
+    start and the timing's end, wall-clock seconds: the driver sees measurements overlap)."""
+    where = {
+        "server": _CURRENT.get("server", ""),
+        "device": _CURRENT.get("device"),
+        "started": _CURRENT.get("started"),
+        **extra,
+    }
+    with open(os.path.join(folder, WHERE), "w") as f:
+        json.dump(where, f)
