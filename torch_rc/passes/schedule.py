@@ -60,7 +60,7 @@ def _make_rule(dlight: Any, vbytes: int) -> Any:
                 infos = normalize_prim_func(sch)
                 if infos is None:
                     return None
-                for info in try_inline(sch, infos):
+                for info in _inline(sch, infos, try_inline):
                     _schedule_block(sch, info, vbytes)
                 return sch
             except Exception:  # a kernel we cannot schedule stays unscheduled (and is logged)
@@ -71,6 +71,27 @@ def _make_rule(dlight: Any, vbytes: int) -> Any:
                 return None
 
     return CPUDefault()
+
+
+# Math that costs tens of cycles per element (a libm call per lane on CPUs without a vector
+# library): computed once into a buffer rather than inlined into each of several consumers.
+_COSTLY_CALLS = ("T.exp(", "T.log(", "T.tanh(", "T.erf(", "T.pow(")
+
+
+def _inline(sch: Any, infos: list[Any], try_inline: Any) -> list[Any]:
+    """dlight's ``try_inline``, except that a block computing costly math for more than one
+    consumer stays a block (softmax's exp feeds its sum and its division: inlined, it ran twice
+    and the default schedule was slower than none)."""
+    kept = [
+        info
+        for info in infos
+        if len(sch.get_consumers(info.block_rv)) > 1
+        and any(call in str(sch.get(info.block_rv)) for call in _COSTLY_CALLS)
+    ]
+    others = [info for info in infos if info not in kept]
+    remaining = try_inline(sch, others)
+    order = {id(info): n for n, info in enumerate(infos)}
+    return sorted([*remaining, *kept], key=lambda info: order[id(info)])
 
 
 def _extent(sch: Any, loop: Any) -> int | None:
@@ -107,6 +128,22 @@ def _schedule_block(sch: Any, info: Any, vbytes: int) -> None:
             sch.parallel(fused)
         return
 
+    if (
+        len(reduce) == 1
+        and _reads_along(sch, block, reduce_var=True)
+        and not _reads_along(sch, block, reduce_var=False)
+    ):
+        # A row reduction (softmax's max and sum, norms' means): the reduced axis is the input's
+        # contiguous one. Vectorising across rows (below) would gather with a stride; instead
+        # rows run in parallel and each row is summed in vector-wide partial sums (rfactor).
+        outer = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+        reduce_extent = _extent(sch, reduce[0]) or 0
+        if reduce_extent % lanes == 0 and reduce_extent >= 2 * lanes:
+            if _vector_partial_sums(sch, block, outer, reduce[0], lanes):
+                return
+        sch.parallel(outer)
+        return
+
     if contiguous and inner_extent % lanes == 0:
         vectors = max(
             v for v in range(1, _MAX_VECTORS_PER_ROW + 1) if (inner_extent // lanes) % v == 0
@@ -122,6 +159,61 @@ def _schedule_block(sch: Any, info: Any, vbytes: int) -> None:
     else:
         outer = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
         sch.parallel(outer)
+
+
+def _vector_partial_sums(sch: Any, block: Any, row: Any, loop: Any, lanes: int) -> bool:
+    """Parallelise ``row`` and reduce it in ``lanes`` partial sums: split the reduction ``loop``
+    by ``lanes``, ``rfactor`` the lane into a partial-sum block whose lane is the contiguous,
+    vectorised axis, and add the lanes up per row right after. False when TVM refuses the
+    rfactor (nothing changed but the split); each later step is an optimisation that may be
+    refused without making the kernel wrong."""
+    errors = (tvm_api().s_tir.ScheduleError, tvm_api().tvm.error.InternalError)
+    try:
+        _, lane = sch.split(loop, [None, lanes])
+        # The partial-sum buffer gets the lane as its last (contiguous) axis.
+        partial = sch.rfactor(lane, factor_axis=_write_ndim(sch, block))
+    except errors:
+        return False
+    loops = sch.get_loops(partial)  # (row, reduction outer, lane)
+    for step in (
+        lambda: sch.reverse_compute_at(block, loops[0]),
+        lambda: sch.parallel(loops[0]),
+        # Vectorise while the partial block is still a complete reduction block (as below).
+        lambda: sch.vectorize(loops[-1]),
+        lambda: sch.decompose_reduction(partial, loops[1]),
+    ):
+        try:
+            step()
+        except errors:
+            logger.debug("torch_rc: a row-reduction schedule step was refused", exc_info=True)
+    return True
+
+
+def _write_ndim(sch: Any, block: Any) -> int:
+    region = sch.get(block).writes[0]
+    tensor = getattr(region, "buffer", None) or region.source
+    return len(tensor.shape)
+
+
+def _reads_along(sch: Any, block: Any, *, reduce_var: bool) -> bool:
+    """True when some input of ``block`` has, as its last (contiguous) index, a reduction
+    iterator (``reduce_var``: ``x[i, k]`` summed over ``k``) or else the innermost spatial
+    iterator (``w[k, j]`` in a matmul over ``k``, whose ``j`` vectorises without a stride)."""
+    free_vars = tvm_api().tirx.analysis.undefined_vars
+    stmt = sch.get(block)
+    spatial = [iv.var for iv in stmt.iter_vars if int(iv.iter_type) == 0]
+    reduction = [iv.var for iv in stmt.iter_vars if int(iv.iter_type) == 2]
+    wanted = reduction if reduce_var else spatial[-1:]
+    for region in stmt.reads:
+        indices = region.region
+        if not indices or not any(indices[-1].min.same_as(var) for var in wanted):
+            continue
+        # An input the reduction does not walk (softmax's row max, read once per row) is
+        # loaded once per row whatever the layout: only inputs that vary along it count.
+        used = [v for r in indices for v in free_vars(r.min, [])]
+        if any(v.same_as(r) for v in used for r in reduction):
+            return True
+    return False
 
 
 def _write_bits(sch: Any, block: Any) -> int:

@@ -1,0 +1,68 @@
+"""The default CPU schedule: every kernel it schedules computes what the unscheduled kernel
+computes, and row reductions get parallel rows with vectorised partial sums, not a strided
+gather across rows."""
+
+import pytest
+
+from torch_rc.options import Options
+from torch_rc.passes.schedule import default_schedule_pass
+from torch_rc.platform.target import detect_target
+from torch_rc.platform.tvm_shim import tvm_api
+from torch_rc.tuning.verify import check_schedule
+
+
+def _target():
+    return tvm_api().tvm.target.Target(detect_target(Options()).target)
+
+
+def _kernel(kind, rows, cols):
+    tvm = tvm_api().tvm
+    te, topi = tvm.te, tvm.topi
+    x = te.placeholder((rows, cols), name="x")
+    if kind == "softmax":
+        return tvm.IRModule({"main": te.create_prim_func([x, topi.nn.softmax(x, axis=-1)])})
+    if kind == "layernorm":
+        g = te.placeholder((cols,), name="g")
+        b = te.placeholder((cols,), name="b")
+        y = topi.nn.layer_norm(x, g, b, axis=[-1], epsilon=1e-5)
+        return tvm.IRModule({"main": te.create_prim_func([x, g, b, y])})
+    if kind == "rowsum":
+        return tvm.IRModule({"main": te.create_prim_func([x, topi.sum(x, axis=-1)])})
+    if kind == "colsum":
+        return tvm.IRModule({"main": te.create_prim_func([x, topi.sum(x, axis=0)])})
+    w = te.placeholder((cols, 96), name="w")
+    k = te.reduce_axis((0, cols), "k")
+    y = te.compute((rows, 96), lambda i, j: te.sum(x[i, k] * w[k, j], axis=k), name="y")
+    return tvm.IRModule({"main": te.create_prim_func([x, w, y])})
+
+
+def _scheduled(mod):
+    api = tvm_api()
+    copy = api.tvm.ir.load_json(api.tvm.ir.save_json(mod))
+    with _target():
+        return default_schedule_pass()(copy)
+
+
+@pytest.mark.parametrize(
+    ("kind", "rows", "cols"),
+    [
+        ("softmax", 64, 256),
+        ("softmax", 7, 100),  # the row is no multiple of the vector width
+        ("layernorm", 32, 768),
+        ("rowsum", 48, 512),
+        ("colsum", 48, 512),
+        ("matmul", 32, 128),
+    ],
+)
+def test_default_schedule_computes_what_the_kernel_computes(kind, rows, cols):
+    mod = _kernel(kind, rows, cols)
+    assert check_schedule(mod, _scheduled(mod), _target()).passed
+
+
+def test_row_reductions_sum_in_vector_lanes_and_rows_run_in_parallel():
+    script = _scheduled(_kernel("rowsum", 48, 512)).script()
+    assert "_rf" in script  # the partial sums of rfactor
+    assert "T.vectorized" in script and "T.parallel" in script
+    # A column sum or a matmul vectorises across its contiguous output instead.
+    assert "_rf" not in _scheduled(_kernel("colsum", 48, 512)).script()
+    assert "_rf" not in _scheduled(_kernel("matmul", 32, 128)).script()
