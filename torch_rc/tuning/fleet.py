@@ -23,6 +23,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from torch_rc.platform.tvm_shim import tvm_api
+from torch_rc.tuning.remote import tracker_servers
+
 __all__ = ["LocalFleet", "free_port"]
 
 
@@ -88,8 +91,6 @@ class LocalFleet:
 
     def registered(self) -> list[str]:
         """Addresses of the servers the tracker lists under the key."""
-        from torch_rc.tuning.remote import tracker_servers
-
         try:
             return tracker_servers("127.0.0.1", self.port, self.key)
         except Exception:
@@ -97,8 +98,6 @@ class LocalFleet:
 
     def free(self) -> int:
         """How many servers of the key the tracker can hand out now."""
-        from torch_rc.platform.tvm_shim import tvm_api
-
         summary = tvm_api().tvm.rpc.connect_tracker("127.0.0.1", self.port).summary()
         return int(summary["queue_info"].get(self.key, {}).get("free", 0))
 

@@ -20,13 +20,7 @@ import torch
 from torch_rc.cache.keys import workload_key
 from torch_rc.cache.records import Check
 from torch_rc.platform.tvm_shim import tvm_api
-from torch_rc.tuning.verify import (
-    compare,
-    random_inputs,
-    reference_target,
-    run_once,
-    target_device,
-)
+from torch_rc.tuning.verify import compare, reference_run, run_once, target_device
 
 __all__ = ["Measurement", "Measurer"]
 
@@ -52,6 +46,21 @@ class Measurement:
     error: str | None = None
     build_s: float = 0.0
     where: str = ""
+
+    @classmethod
+    def timed(
+        cls, runs: tuple[float, ...], check: Check, build_s: float, where: str = ""
+    ) -> Measurement:
+        """A passed candidate's measurement from its timed repeats (median, spread)."""
+        return cls(
+            statistics.median(runs),
+            statistics.pstdev(runs) if len(runs) > 1 else 0.0,
+            runs,
+            check,
+            None,
+            build_s,
+            where,
+        )
 
     @property
     def ok(self) -> bool:
@@ -85,10 +94,7 @@ class Measurer:
     def _reference(self, reference_mod: Any) -> tuple[list[Any], torch.Tensor]:
         key = workload_key(reference_mod["main"])
         if key not in self._references:
-            arrays = random_inputs(reference_mod, self.seed)
-            reference = tvm_api().compile(reference_mod, reference_target(self.target))
-            want, _ = run_once(reference, arrays)
-            self._references[key] = (arrays, want)
+            self._references[key] = reference_run(reference_mod, self.target, self.seed)
         return self._references[key]
 
     def measure_many(
@@ -96,6 +102,9 @@ class Measurer:
     ) -> list[Measurement]:
         """Measure several candidates (one after another here; a fleet measures them at once)."""
         return [self.measure(reference_mod, mod, count=count) for mod in candidate_mods]
+
+    def close(self) -> None:
+        """Nothing to release here (a fleet's measurer stops its workers)."""
 
     def summary(self) -> dict[str, Any]:
         """Accounting for the run log (what remote measurement reports, for comparison)."""
@@ -138,12 +147,6 @@ class Measurer:
             repeat=self.repeats,
             min_repeat_ms=self.min_repeat_ms,
         )
-        runs = tuple(float(r) for r in evaluator(*tensors).results)
-        return Measurement(
-            statistics.median(runs),
-            statistics.pstdev(runs) if len(runs) > 1 else 0.0,
-            runs,
-            check,
-            None,
-            build_s,
+        return Measurement.timed(
+            tuple(float(r) for r in evaluator(*tensors).results), check, build_s
         )

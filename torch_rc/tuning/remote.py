@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -39,7 +38,7 @@ from torch_rc.numerics import tolerances
 from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning import rpc_worker
 from torch_rc.tuning.measure import Measurement
-from torch_rc.tuning.verify import compare, random_inputs, run_once
+from torch_rc.tuning.verify import compare, reference_run
 
 __all__ = [
     "RemoteMeasurer",
@@ -114,20 +113,11 @@ def tracker_alive(host: str, port: int) -> bool:
 def expected_device(target: Any) -> dict[str, str]:
     """What a server's device must report for ``target`` (see ``rpc_worker.remote_device``)."""
     kind = str(target.kind.name)
-    if kind == "cuda":
-        arch = str(target.attrs.get("arch", "")) if "arch" in target.attrs else ""
-        return {"kind": "cuda", "arch": arch}
     attrs = target.attrs
-    cpu = str(attrs["mcpu"]) if "mcpu" in attrs else ""
-    triple = str(attrs["mtriple"]) if "mtriple" in attrs else ""
-    return {"kind": "llvm", "cpu": cpu, "arch": triple.split("-")[0] if triple else ""}
-
-
-def _reference_target(target: Any) -> Any:
-    """Where the unscheduled reference runs: this host's CPU, whatever the remote is."""
-    if str(target.kind.name) == "cuda":
-        return target.host if target.host is not None else tvm_api().tvm.target.Target("llvm")
-    return tvm_api().tvm.target.Target({"kind": "llvm"})
+    if kind == "cuda":
+        return {"kind": "cuda", "arch": str(attrs.get("arch", ""))}
+    triple = str(attrs.get("mtriple", ""))
+    return {"kind": "llvm", "cpu": str(attrs.get("mcpu", "")), "arch": triple.split("-")[0]}
 
 
 class RemoteMeasurer:
@@ -193,7 +183,7 @@ class RemoteMeasurer:
             "seconds": 0.0,  # in measure_many: builds, uploads, checks, timing, waits
             "measured": 0,
         }
-        self._references: dict[str, tuple[str, list[np.ndarray], torch.Tensor]] = {}
+        self._references: dict[str, tuple[str, torch.Tensor]] = {}
         self._workdir = tempfile.mkdtemp(prefix="torch_rc-rpc-")
         self._serial = 0
         # (server, session start, timing end) of each measurement that was timed, wall clock.
@@ -261,12 +251,12 @@ class RemoteMeasurer:
         self.close()
 
     # ------------------------------------------------------------------------ reference
-    def _reference(self, reference_mod: Any) -> tuple[str, list[np.ndarray], torch.Tensor]:
+    def _reference(self, reference_mod: Any) -> tuple[str, torch.Tensor]:
+        """The folder of the workload's ``reference.npz`` (inputs and expected output, computed
+        on this host's CPU: the remote may be another device) and the expected output."""
         key = workload_key(reference_mod["main"])
         if key not in self._references:
-            arrays = random_inputs(reference_mod, self.seed)
-            built = tvm_api().compile(reference_mod, _reference_target(self.target))
-            want, _ = run_once(built, arrays)
+            arrays, want = reference_run(reference_mod, self.target, self.seed, host_cpu=True)
             folder = os.path.join(self._workdir, key[:24])
             os.makedirs(folder, exist_ok=True)
             rtol, atol = tolerances(want.dtype)
@@ -277,7 +267,7 @@ class RemoteMeasurer:
                 rtol=np.float64(rtol),
                 atol=np.float64(atol),
             )
-            self._references[key] = (folder, arrays, want)
+            self._references[key] = (folder, want)
         return self._references[key]
 
     # -------------------------------------------------------------------------- measure
@@ -295,7 +285,7 @@ class RemoteMeasurer:
         """
         self.count += len(candidate_mods) * int(count)
         started = time.monotonic()
-        folder, arrays, want = self._reference(reference_mod)
+        folder, want = self._reference(reference_mod)
         ms = tvm_api().s_tir.meta_schedule
         args_info = ms.arg_info.ArgInfo.from_prim_func(reference_mod["main"])
         results: list[Measurement | None] = [None] * len(candidate_mods)
@@ -383,16 +373,7 @@ class RemoteMeasurer:
         check = compare(got, want, f"standard normal, seed {self.seed}, on {where or 'remote'}")
         if not check.passed:
             return Measurement(None, check=check, error="wrong result", build_s=build_s)
-        runs = tuple(float(r) for r in outcome.run_secs)
-        return Measurement(
-            statistics.median(runs),
-            statistics.pstdev(runs) if len(runs) > 1 else 0.0,
-            runs,
-            check,
-            None,
-            build_s,
-            where,
-        )
+        return Measurement.timed(tuple(float(r) for r in outcome.run_secs), check, build_s, where)
 
     def summary(self) -> dict[str, Any]:
         """The remote accounting for the run log (JSON-ready)."""

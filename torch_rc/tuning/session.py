@@ -304,8 +304,7 @@ def _tune_modules(
         run.interrupted = True
     if measurer is not None:
         run.measuring = measurer.summary()
-        if hasattr(measurer, "close"):
-            measurer.close()
+        measurer.close()
     run.seconds = time.monotonic() - start
     PROCESS_CLOCK.spend(run.seconds)
     if run.interrupted:

@@ -16,16 +16,31 @@ __all__ = [
     "check_schedule",
     "compare",
     "random_inputs",
+    "reference_run",
     "reference_target",
     "run_once",
     "target_device",
 ]
 
 
-def reference_target(target: Any) -> Any:
+def reference_target(target: Any, *, host_cpu: bool = False) -> Any:
     """Where the unscheduled reference runs: the target itself on a CPU; on a GPU the host CPU
-    (an unscheduled GPU kernel binds no threads and does not build)."""
-    return target.host if str(target.kind.name) == "cuda" and target.host is not None else target
+    (an unscheduled GPU kernel binds no threads and does not build). ``host_cpu``: the target is
+    a remote device's (maybe another CPU), so the reference runs on this host's CPU."""
+    if str(target.kind.name) == "cuda" and target.host is not None:
+        return target.host
+    return tvm_api().tvm.target.Target({"kind": "llvm"}) if host_cpu else target
+
+
+def reference_run(
+    reference_mod: Any, target: Any, seed: int = 0, *, host_cpu: bool = False
+) -> tuple[list[np.ndarray], torch.Tensor]:
+    """The random inputs of ``reference_mod`` (:func:`random_inputs`) and the output the
+    unscheduled kernel computes from them, built for :func:`reference_target`."""
+    arrays = random_inputs(reference_mod, seed)
+    built = tvm_api().compile(reference_mod, reference_target(target, host_cpu=host_cpu))
+    want, _ = run_once(built, arrays)
+    return arrays, want
 
 
 def random_inputs(mod: Any, seed: int = 0) -> list[np.ndarray]:
@@ -76,8 +91,6 @@ def compare(got: torch.Tensor, want: torch.Tensor, inputs: str) -> Check:
 
 def check_schedule(reference_mod: Any, scheduled_mod: Any, target: Any, *, seed: int = 0) -> Check:
     """Build both modules for ``target``, run them on the same random inputs, compare outputs."""
-    arrays = random_inputs(reference_mod, seed)
-    device = target_device(target)
-    want, _ = run_once(tvm_api().compile(reference_mod, reference_target(target)), arrays)
-    got, _ = run_once(tvm_api().compile(scheduled_mod, target), arrays, device)
+    arrays, want = reference_run(reference_mod, target, seed)
+    got, _ = run_once(tvm_api().compile(scheduled_mod, target), arrays, target_device(target))
     return compare(got, want, f"standard normal, seed {seed}")
