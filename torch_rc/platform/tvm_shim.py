@@ -19,14 +19,17 @@ import threading
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from torch_rc.errors import TVMVersionError
+from torch_rc.platform.vector_math import dtype_of, rewrite_exp
 
 __all__ = [
     "TVMApi",
     "tvm_api",
     "check_versions",
     "TIR_PIPELINE",
+    "REFERENCE_TIR_PIPELINE",
     "export_library",
     "load_cpu_vm",
     "prepare_cuda_compiler",
@@ -64,12 +67,20 @@ class TVMApi:
             {"kind": "llvm", "num-cores": int(num_cores), "mcpu": mcpu, "mtriple": _host_triple()}
         )
 
-    def compile(self, mod: object, target: object, relax_pipeline: object = "default") -> object:
+    def compile(
+        self,
+        mod: object,
+        target: object,
+        relax_pipeline: object = "default",
+        *,
+        reference: bool = False,
+    ) -> object:
         """``tvm.compile`` with torch_rc's TIR pipeline (:data:`TIR_PIPELINE`): the one way
-        torch_rc builds kernels, so every build gets the same numerics fixes."""
-        return self.tvm.compile(
-            mod, target, relax_pipeline=relax_pipeline, tir_pipeline=TIR_PIPELINE
-        )
+        torch_rc builds kernels, so every build gets the same numerics fixes. ``reference``:
+        build with :data:`REFERENCE_TIR_PIPELINE` instead (libm's ``exp``), for the unscheduled
+        kernel that tuned kernels are checked against."""
+        pipeline = REFERENCE_TIR_PIPELINE if reference else TIR_PIPELINE
+        return self.tvm.compile(mod, target, relax_pipeline=relax_pipeline, tir_pipeline=pipeline)
 
     def from_dlpack(self, tensor: object) -> object:
         """Zero-copy view of a DLPack-capable tensor as a TVM tensor."""
@@ -90,8 +101,11 @@ def _installed(dist: str) -> str:
         return ""
 
 
-# The name of torch_rc's TIR lowering pipeline (registered with TVM by tvm_api()).
+# The names of torch_rc's TIR lowering pipelines (registered with TVM by tvm_api()): the one
+# kernels are built with, and the one references are built with (no vector math rewrite, so a
+# checked kernel's exp is compared with libm's).
 TIR_PIPELINE = "torch_rc"
+REFERENCE_TIR_PIPELINE = "torch_rc_reference"
 
 
 @functools.cache
@@ -121,8 +135,10 @@ def tvm_api() -> TVMApi:
 
 
 def _register_tir_pipeline(tvm: types.ModuleType, tirx: types.ModuleType) -> None:
-    """Register :data:`TIR_PIPELINE`: TVM's default TIR lowering, then float ``!=`` made
-    IEEE-correct.
+    """Register :data:`TIR_PIPELINE` and :data:`REFERENCE_TIR_PIPELINE`: TVM's default TIR
+    lowering, then float ``!=`` made IEEE-correct; then, in :data:`TIR_PIPELINE` only, float32
+    ``exp``/``sigmoid``/``tanh`` of CPU functions as vectorisable arithmetic
+    (:mod:`torch_rc.platform.vector_math`).
 
     TVM 0.27's LLVM codegen emits float ``a != b`` as ``fcmp one`` (false when either side is NaN);
     C and PyTorch mean ``une`` (true for NaN). Its simplifier also creates such ``!=`` from
@@ -135,8 +151,7 @@ def _register_tir_pipeline(tvm: types.ModuleType, tirx: types.ModuleType) -> Non
 
     def fix_not_equal(ne: object) -> object:
         a, b = ne.a, ne.b  # type: ignore[attr-defined]
-        dtype = getattr(a, "dtype", None) or getattr(getattr(a, "ty", None), "dtype", "")
-        if "float" not in str(dtype):
+        if "float" not in dtype_of(a):
             return ne
         return tirx.Or(ne, tirx.Or(tirx.op.isnan(a), tirx.op.isnan(b)))
 
@@ -144,15 +159,30 @@ def _register_tir_pipeline(tvm: types.ModuleType, tirx: types.ModuleType) -> Non
     def nan_aware_not_equal(func: object, _mod: object, _ctx: object) -> object:
         return tvm_ffi.structural_map(func, [(tirx.NE, fix_not_equal)])
 
-    def pipeline() -> tuple[object, object, object]:
-        default, finalize_host, finalize_device = compilation_pipeline.get_tir_pipeline("default")
-        return (
-            tvm.transform.Sequential([default, nan_aware_not_equal]),
-            finalize_host,
-            finalize_device,
+    @tirx.transform.prim_func_pass(opt_level=0, name="TorchRCVectorMath")
+    def vector_math(func: object, _mod: object, _ctx: object) -> object:
+        target = func.attrs.get("target") if func.attrs is not None else None  # type: ignore[attr-defined]
+        if target is None or str(target.kind.name) != "llvm":
+            return func
+        return tvm_ffi.structural_map(
+            func, [(tvm.ir.expr.Call, lambda call: rewrite_exp(tirx, call))]
         )
 
-    compilation_pipeline.PIPELINE_MAP[TIR_PIPELINE] = pipeline
+    def pipelines(*extra: object) -> Any:
+        def pipeline() -> tuple[object, object, object]:
+            default, finalize_host, finalize_device = compilation_pipeline.get_tir_pipeline(
+                "default"
+            )
+            return (
+                tvm.transform.Sequential([default, nan_aware_not_equal, *extra]),
+                finalize_host,
+                finalize_device,
+            )
+
+        return pipeline
+
+    compilation_pipeline.PIPELINE_MAP[TIR_PIPELINE] = pipelines(vector_math)
+    compilation_pipeline.PIPELINE_MAP[REFERENCE_TIR_PIPELINE] = pipelines()
 
 
 def check_versions(tvm_version: str, ffi_version: str) -> None:

@@ -38,7 +38,9 @@ def reference_run(
     """The random inputs of ``reference_mod`` (:func:`random_inputs`) and the output the
     unscheduled kernel computes from them, built for :func:`reference_target`."""
     arrays = random_inputs(reference_mod, seed)
-    built = tvm_api().compile(reference_mod, reference_target(target, host_cpu=host_cpu))
+    built = tvm_api().compile(
+        reference_mod, reference_target(target, host_cpu=host_cpu), reference=True
+    )
     want, _ = run_once(built, arrays)
     return arrays, want
 
