@@ -1,4 +1,4 @@
-"""Vectorisable exp/sigmoid/tanh in torch_rc's TIR pipeline: accuracy against float64, the
+"""Vectorisable exp/sigmoid/tanh/erf in torch_rc's TIR pipeline: accuracy against float64, the
 special values, and that kernels built for CPUs no longer call LLVM's (scalarised) exp."""
 
 import re
@@ -16,7 +16,7 @@ def _kernel(op: str, n: int = N, lanes: int = 16, dtype: str = "float32"):
     """A 1-D elementwise kernel; vectorised by ``lanes`` (1: scalar loop)."""
     api = tvm_api()
     te = api.tvm.te
-    fn = {"exp": te.exp, "sigmoid": te.sigmoid, "tanh": te.tanh}[op]
+    fn = {"exp": te.exp, "sigmoid": te.sigmoid, "tanh": te.tanh, "erf": te.erf}[op]
     a = te.placeholder((n,), dtype, name="A")
     b = te.compute((n,), lambda i: fn(a[i]), name="B")
     sch = api.s_tir.Schedule(api.tvm.IRModule({"main": te.create_prim_func([a, b])}))
@@ -50,7 +50,9 @@ def _ulps(got: np.ndarray, want: np.ndarray) -> np.ndarray:
 
 def _reference(op: str, x: np.ndarray) -> np.ndarray:
     x64 = torch.from_numpy(x.astype(np.float64))
-    want = {"exp": torch.exp, "sigmoid": torch.sigmoid, "tanh": torch.tanh}[op](x64)
+    want = {"exp": torch.exp, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "erf": torch.erf}[op](
+        x64
+    )
     return want.numpy().astype(np.float32)
 
 
@@ -64,7 +66,7 @@ def _sweep(op: str, built, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return x, got, want
 
 
-@pytest.mark.parametrize(("op", "max_ulps"), [("exp", 1), ("sigmoid", 3), ("tanh", 1)])
+@pytest.mark.parametrize(("op", "max_ulps"), [("exp", 1), ("sigmoid", 3), ("tanh", 1), ("erf", 5)])
 def test_accuracy_over_all_float32_ranges(op, max_ulps):
     built = tvm_api().compile(_kernel(op), _target())
     x, got, want = _sweep(op, built, stride=1009)
@@ -101,7 +103,7 @@ def test_special_values_exact(lanes):
     )
     x = np.zeros(N, np.float32)
     x[: len(specials)] = specials
-    for op in ("exp", "sigmoid", "tanh"):
+    for op in ("exp", "sigmoid", "tanh", "erf"):
         got = _run(tvm_api().compile(_kernel(op, lanes=lanes), _target()), x)[: len(specials)]
         with np.errstate(all="ignore"):
             want = _reference(op, specials)
@@ -116,13 +118,16 @@ def _llvm_calls(built) -> set[str]:
     return set(re.findall(r"call [^@]*@([\w.]+)", built.mod.inspect_source("ll")))
 
 
-def test_kernels_no_longer_call_libm_exp_but_references_do():
+def test_kernels_no_longer_call_libm_but_references_do():
     for op in ("exp", "sigmoid", "tanh"):
         kernel = _kernel(op)
         fast = _llvm_calls(tvm_api().compile(kernel, _target()))
         reference = _llvm_calls(tvm_api().compile(kernel, _target(), reference=True))
         assert not any("exp" in name for name in fast), fast
         assert "llvm.exp.v16f32" in reference, reference
+    erf = _kernel("erf")
+    assert "erff" not in _llvm_calls(tvm_api().compile(erf, _target()))
+    assert "erff" in _llvm_calls(tvm_api().compile(erf, _target(), reference=True))
 
 
 def test_other_float_types_keep_tvms_lowering():
@@ -139,3 +144,11 @@ def test_softmax_through_the_backend_matches_eager_with_nan_and_inf_rows():
     x[4, 7] = 80.0
     compiled = torch.compile(lambda t: torch.softmax(t * 2.0, dim=-1), backend="reasoning")
     torch.testing.assert_close(compiled(x), torch.softmax(x * 2.0, dim=-1), equal_nan=True)
+
+
+def test_gelu_through_the_backend_matches_eager():
+    torch._dynamo.reset()
+    x = torch.randn(4, 300) * 4
+    x[0, 0], x[1, 1], x[2, 2] = float("nan"), float("inf"), float("-inf")
+    compiled = torch.compile(torch.nn.GELU(), backend="reasoning")
+    torch.testing.assert_close(compiled(x), torch.nn.functional.gelu(x), equal_nan=True)

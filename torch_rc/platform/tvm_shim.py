@@ -137,7 +137,7 @@ def tvm_api() -> TVMApi:
 def _register_tir_pipeline(tvm: types.ModuleType, tirx: types.ModuleType) -> None:
     """Register :data:`TIR_PIPELINE` and :data:`REFERENCE_TIR_PIPELINE`: TVM's default TIR
     lowering, then float ``!=`` made IEEE-correct; then, in :data:`TIR_PIPELINE` only, float32
-    ``exp``/``sigmoid``/``tanh`` of CPU functions as vectorisable arithmetic
+    ``exp``/``sigmoid``/``tanh``/``erf`` of CPU functions as vectorisable arithmetic
     (:mod:`torch_rc.platform.vector_math`).
 
     TVM 0.27's LLVM codegen emits float ``a != b`` as ``fcmp one`` (false when either side is NaN);
