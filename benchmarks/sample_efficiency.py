@@ -363,14 +363,17 @@ def summarise(results: dict) -> str:
         f"seeds {results['seeds']}; transfer sources tuned with {results['source_samples']} samples",
         "",
         "speedup over the untuned kernel (median over seeds); reach = samples to evolutionary's "
-        f"best at {budget} (median; '>' not reached); vs torch = best tuned kernel's speed / torch's",
+        f"best at {budget} (median; '>' not reached); vs torch = best tuned kernel's speed / torch's;",
+        "kept = what a tuning session keeps (the faster of the best tuned kernel and torch_rc's "
+        "default schedule) / torch's",
         f"{'kernel':13s} {'method':13s} "
         + " ".join(f"{'@' + str(c):>8s}" for c in points)
-        + f" {'reach':>6s} {'vs torch':>9s}",
+        + f" {'reach':>6s} {'vs torch':>9s} {'kept':>6s}",
     ]
     geo: dict[str, dict[int, list[float]]] = {}
     reach: dict[str, list[float]] = {}
     vs_torch: dict[str, list[float]] = {}
+    kept: dict[str, list[float]] = {}
     for kernel, entry in results["kernels"].items():
         untuned = entry["untuned_s"]
         evo_runs = entry["runs"].get("evolutionary")
@@ -389,13 +392,17 @@ def summarise(results: dict) -> str:
                 needed.append(hit if hit is not None else math.inf)
             median_needed = statistics.median(needed)
             reach.setdefault(method, []).append(median_needed)
-            ratio = entry["torch_s"] / statistics.median(r["best_s"] for r in runs if r["best_s"])
+            best = statistics.median(r["best_s"] for r in runs if r["best_s"])
+            ratio = entry["torch_s"] / best
             vs_torch.setdefault(method, []).append(ratio)
+            default = entry.get("default_s") or math.inf
+            kept_ratio = entry["torch_s"] / min(best, default)
+            kept.setdefault(method, []).append(kept_ratio)
             shown = f">{budget}" if median_needed == math.inf else str(int(median_needed))
             lines.append(
                 f"{kernel:13s} {method:13s} "
                 + " ".join(f"{s:7.1f}x" for s in cells)
-                + f" {shown:>6s} {ratio:8.2f}x"
+                + f" {shown:>6s} {ratio:8.2f}x {kept_ratio:5.2f}x"
             )
     lines += [
         "",
@@ -438,6 +445,11 @@ def summarise(results: dict) -> str:
             f"  {method}: {len(ratios) - len(slow)} of {len(ratios)} kernels within 0.8x of torch"
             + (f" (not: {', '.join(slow)})" if slow else "")
         )
+        slow_kept = [k for k, r in zip(results["kernels"], kept[method], strict=True) if r < 0.8]
+        lines.append(
+            f"  {method}, as kept: {len(ratios) - len(slow_kept)} of {len(ratios)} kernels within "
+            "0.8x of torch" + (f" (not: {', '.join(slow_kept)})" if slow_kept else "")
+        )
     return "\n".join(lines)
 
 
@@ -466,6 +478,14 @@ def plot(results: dict, path: Path) -> None:
                     alpha=0.7,
                 )
         ax.axhline(entry["untuned_s"] / entry["torch_s"], color="k", ls="--", lw=1, label="torch")
+        if entry.get("default_s"):
+            ax.axhline(
+                entry["untuned_s"] / entry["default_s"],
+                color="0.5",
+                ls=":",
+                lw=1,
+                label="torch_rc default",
+            )
         ax.set_title(kernel, fontsize=10)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -521,11 +541,20 @@ def main() -> None:
     )
     parser.add_argument("--out", default="bench_out/sample_efficiency", help="output directory")
     parser.add_argument(
-        "--summarise", default="", help="only print the summary of an earlier results.json"
+        "--summarise",
+        default="",
+        help="only summarise an earlier run (its results.json, or the folder holding it): print "
+        "the table and rewrite summary.txt and curves.png beside it",
     )
     args = parser.parse_args()
     if args.summarise:
-        print(summarise(json.loads(Path(args.summarise).read_text())))
+        path = Path(args.summarise)
+        path = path / "results.json" if path.is_dir() else path
+        results = json.loads(path.read_text())
+        table = summarise(results)
+        (path.parent / "summary.txt").write_text(table + "\n")
+        plot(results, path.parent / "curves.png")
+        print(table)
         return
     args.kernels = [k for k in args.kernels.split(",") if k]
     unknown = set(args.kernels) - set(KERNELS)
