@@ -73,8 +73,9 @@ def _make_rule(dlight: Any, vbytes: int) -> Any:
     return CPUDefault()
 
 
-# Math that costs tens of cycles per element (a libm call per lane on CPUs without a vector
-# library): computed once into a buffer rather than inlined into each of several consumers.
+# Math that costs tens of operations per element (exp/sigmoid/tanh/erf as torch_rc's vector
+# polynomials, platform/vector_math.py; log and pow as libm calls per lane): computed once into a
+# buffer rather than inlined into each of several consumers.
 _COSTLY_CALLS = ("T.exp(", "T.log(", "T.tanh(", "T.erf(", "T.pow(")
 
 
