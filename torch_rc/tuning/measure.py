@@ -1,9 +1,10 @@
-"""Real measurement of candidate schedules: build in-process, verify, time. Failures are values.
+"""Real measurement of candidate schedules: build, verify, time. Failures are values.
 
 MetaSchedule's stock LocalBuilder starts a process pool per batch whose workers import every
 target's tensor intrinsics (~40 s), so with its 30 s timeout every candidate fails here
-(docs/tvm-facts.md). This measurer builds in the tuning process instead (~0.05 s per candidate),
-checks each candidate's output against the untuned function's before timing it (a wrong kernel
+(docs/tvm-facts.md). This measurer builds each candidate in a forked child of the tuning process
+instead (:mod:`torch_rc.tuning.bounded_build`: ~0.05-3 s per candidate, stopped at
+``build_timeout_s``), checks each candidate's output against the untuned function's before timing it (a wrong kernel
 can never win), and times with TVM's ``time_evaluator`` (warm-up run, ``repeats`` repeats, each at
 least ``min_repeat_ms`` long).
 """
@@ -19,7 +20,12 @@ import torch
 
 from torch_rc.cache.keys import workload_key
 from torch_rc.cache.records import Check
-from torch_rc.platform.tvm_shim import tvm_api
+from torch_rc.tuning.bounded_build import (
+    DEFAULT_BUILD_TIMEOUT_S,
+    BuildFailed,
+    BuildTimedOut,
+    build_module,
+)
 from torch_rc.tuning.verify import compare, reference_run, run_once, target_device
 
 __all__ = ["Measurement", "Measurer"]
@@ -75,12 +81,21 @@ class Measurer:
         repeats: Timed repeats (the median is reported).
         min_repeat_ms: Each repeat runs the kernel until at least this long.
         seed: Seed of the random inputs.
+        build_timeout_s: A candidate whose build takes longer fails ("build timed out"); None:
+            build in this process, without a limit.
     """
 
     def __init__(
-        self, target: Any, *, repeats: int = 5, min_repeat_ms: int = 20, seed: int = 0
+        self,
+        target: Any,
+        *,
+        repeats: int = 5,
+        min_repeat_ms: int = 20,
+        seed: int = 0,
+        build_timeout_s: float | None = DEFAULT_BUILD_TIMEOUT_S,
     ) -> None:
         self.target = target
+        self.build_timeout_s = build_timeout_s
         self.repeats = repeats
         self.min_repeat_ms = min_repeat_ms
         self.seed = seed
@@ -125,12 +140,14 @@ class Measurer:
         arrays, want = self._reference(reference_mod)
         start = time.perf_counter()
         try:
-            executable = tvm_api().compile(candidate_mod, self.target)
-        except Exception as exc:  # a candidate that does not build is a failed sample, not an error
-            return Measurement(None, error=f"build failed: {type(exc).__name__}: {str(exc)[-300:]}")
+            module = build_module(candidate_mod, self.target, self.build_timeout_s)
+        except BuildTimedOut as exc:  # a failed sample, not an error
+            return Measurement(None, error=str(exc), build_s=time.perf_counter() - start)
+        except BuildFailed as exc:
+            return Measurement(None, error=f"build failed: {str(exc)[-300:]}")
         build_s = time.perf_counter() - start
         try:
-            got, tensors = run_once(executable, arrays, self.device)
+            got, tensors = run_once(module, arrays, self.device)
         except Exception as exc:
             return Measurement(
                 None, error=f"run failed: {type(exc).__name__}: {str(exc)[-300:]}", build_s=build_s
@@ -140,7 +157,7 @@ class Measurer:
             return Measurement(None, check=check, error="wrong result", build_s=build_s)
         # time_evaluator synchronises the device around each repeat, so GPU times are kernel
         # times, not launch times.
-        evaluator = executable.mod.time_evaluator(
+        evaluator = module.time_evaluator(
             "main",
             self.device,
             number=1,

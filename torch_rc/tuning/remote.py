@@ -37,6 +37,7 @@ from torch_rc.errors import TuningError
 from torch_rc.numerics import tolerances
 from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning import rpc_worker
+from torch_rc.tuning.bounded_build import DEFAULT_BUILD_TIMEOUT_S, BuildFailed, build_library
 from torch_rc.tuning.measure import Measurement
 from torch_rc.tuning.verify import compare, reference_run
 
@@ -166,6 +167,8 @@ class RemoteMeasurer:
         self.seed = seed
         self.count = 0
         self.kind = "cuda" if str(target.kind.name) == "cuda" else "cpu"
+        # CPU candidates build in a child stopped at the limit (torch_rc.tuning.bounded_build).
+        self.build_timeout_s = DEFAULT_BUILD_TIMEOUT_S if self.kind == "cpu" else None
         self.expected = expected_device(target)
         self.servers = check_fleet(tracker, key)
         self._check_first_server()
@@ -292,16 +295,16 @@ class RemoteMeasurer:
         pending: dict[int, tuple[str, float]] = {}
         for index, candidate in enumerate(candidate_mods):
             start = time.perf_counter()
+            self._serial += 1
+            artifact = os.path.join(folder, str(self._serial), "candidate.so")
+            os.makedirs(os.path.dirname(artifact))
             try:
-                built = tvm_api().compile(candidate, self.target)
-                self._serial += 1
-                artifact = os.path.join(folder, str(self._serial), "candidate.so")
-                os.makedirs(os.path.dirname(artifact))
-                built.export_library(artifact)
-            except Exception as exc:  # a candidate that does not build is a failed sample
-                results[index] = Measurement(
-                    None, error=f"build failed: {type(exc).__name__}: {str(exc)[-300:]}"
-                )
+                build_library(candidate, self.target, artifact, self.build_timeout_s)
+            except BuildFailed as exc:  # a candidate that does not build is a failed sample
+                message = str(exc)[-300:]
+                if not message.startswith("build timed out"):
+                    message = f"build failed: {message}"
+                results[index] = Measurement(None, error=message)
                 continue
             pending[index] = (artifact, time.perf_counter() - start)
         attempts = 0
