@@ -4,8 +4,8 @@ MetaSchedule's stock LocalBuilder starts a process pool per batch whose workers 
 target's tensor intrinsics (~40 s), so with its 30 s timeout every candidate fails here
 (docs/tvm-facts.md). This measurer builds each candidate in a forked child of the tuning process
 instead (:mod:`torch_rc.tuning.bounded_build`: ~0.05-3 s per candidate, stopped at
-``build_timeout_s``), checks each candidate's output against the untuned function's before timing it (a wrong kernel
-can never win), and times with TVM's ``time_evaluator`` (warm-up run, ``repeats`` repeats, each at
+``build_timeout_s``), checks each candidate's output against the untuned function's before
+timing it (a wrong kernel can never win), and times with TVM's ``time_evaluator`` (warm-up run, ``repeats`` repeats, each at
 least ``min_repeat_ms`` long).
 """
 

@@ -37,7 +37,12 @@ from torch_rc.errors import TuningError
 from torch_rc.numerics import tolerances
 from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning import rpc_worker
-from torch_rc.tuning.bounded_build import DEFAULT_BUILD_TIMEOUT_S, BuildFailed, build_library
+from torch_rc.tuning.bounded_build import (
+    DEFAULT_BUILD_TIMEOUT_S,
+    BuildFailed,
+    BuildTimedOut,
+    build_library,
+)
 from torch_rc.tuning.measure import Measurement
 from torch_rc.tuning.verify import compare, reference_run
 
@@ -300,11 +305,11 @@ class RemoteMeasurer:
             os.makedirs(os.path.dirname(artifact))
             try:
                 build_library(candidate, self.target, artifact, self.build_timeout_s)
-            except BuildFailed as exc:  # a candidate that does not build is a failed sample
-                message = str(exc)[-300:]
-                if not message.startswith("build timed out"):
-                    message = f"build failed: {message}"
-                results[index] = Measurement(None, error=message)
+            except BuildTimedOut as exc:  # a failed sample, as a build error is
+                results[index] = Measurement(None, error=str(exc))
+                continue
+            except BuildFailed as exc:
+                results[index] = Measurement(None, error=f"build failed: {str(exc)[-300:]}")
                 continue
             pending[index] = (artifact, time.perf_counter() - start)
         attempts = 0
