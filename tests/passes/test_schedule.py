@@ -26,6 +26,14 @@ def _kernel(kind, rows, cols):
         b = te.placeholder((cols,), name="b")
         y = topi.nn.layer_norm(x, g, b, axis=[-1], epsilon=1e-5)
         return tvm.IRModule({"main": te.create_prim_func([x, g, b, y])})
+    if kind == "layernorm3d":  # (batch, tokens, hidden): rows are two loops
+        x3 = te.placeholder((2, rows, cols), name="x")
+        g = te.placeholder((cols,), name="g")
+        b = te.placeholder((cols,), name="b")
+        y = topi.nn.layer_norm(x3, g, b, axis=[-1], epsilon=1e-5)
+        return tvm.IRModule({"main": te.create_prim_func([x3, g, b, y])})
+    if kind == "softmax_cols":  # a softmax down the columns: not a row reduction
+        return tvm.IRModule({"main": te.create_prim_func([x, topi.nn.softmax(x, axis=0)])})
     if kind == "rowsum":
         return tvm.IRModule({"main": te.create_prim_func([x, topi.sum(x, axis=-1)])})
     if kind == "colsum":
@@ -49,6 +57,9 @@ def _scheduled(mod):
         ("softmax", 64, 256),
         ("softmax", 7, 100),  # the row is no multiple of the vector width
         ("layernorm", 32, 768),
+        ("layernorm", 5, 24),  # 24 columns: 8 lanes, not 16
+        ("layernorm3d", 7, 64),
+        ("softmax_cols", 64, 48),
         ("rowsum", 48, 512),
         ("colsum", 48, 512),
         ("matmul", 32, 128),
@@ -66,3 +77,18 @@ def test_row_reductions_sum_in_vector_lanes_and_rows_run_in_parallel():
     # A column sum or a matmul vectorises across its contiguous output instead.
     assert "_rf" not in _scheduled(_kernel("colsum", 48, 512)).script()
     assert "_rf" not in _scheduled(_kernel("matmul", 32, 128)).script()
+
+
+@pytest.mark.parametrize(("kind", "rows", "cols"), [("softmax", 64, 256), ("layernorm3d", 7, 64)])
+def test_row_chains_run_as_one_parallel_loop_over_rows(kind, rows, cols):
+    """Softmax and norms: every step of a row inside one parallel row loop (threads forked once),
+    the row reductions still in vector-wide partial sums."""
+    script = _scheduled(_kernel(kind, rows, cols)).script()
+    assert script.count("T.parallel") == 1
+    assert "_rf" in script and "T.vectorized" in script
+
+
+def test_a_column_softmax_is_not_fused_by_rows():
+    script = _scheduled(_kernel("softmax_cols", 64, 48)).script()
+    assert "_rf" not in script  # reduced down the columns: the per-block rule vectorises rows
+    assert script.count("T.parallel") > 1

@@ -30,7 +30,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 # Bump when the code that decides kernels changes meaning (default schedules, selection rules,
 # proposer policy): entries made by another policy must miss.
-POLICY_VERSION = "decisions-3"
+POLICY_VERSION = "decisions-4"
 
 
 @dataclass(frozen=True)
