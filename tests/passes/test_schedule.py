@@ -2,6 +2,8 @@
 computes, and row reductions get parallel rows with vectorised partial sums, not a strided
 gather across rows."""
 
+import re
+
 import pytest
 
 from torch_rc.options import Options
@@ -34,6 +36,14 @@ def _kernel(kind, rows, cols):
         return tvm.IRModule({"main": te.create_prim_func([x3, g, b, y])})
     if kind == "softmax_cols":  # a softmax down the columns: not a row reduction
         return tvm.IRModule({"main": te.create_prim_func([x, topi.nn.softmax(x, axis=0)])})
+    if kind == "depthwise":  # 3x3, padding 1, on rows x rows feature maps of ``cols`` channels
+        img = te.placeholder((1, cols, rows, rows), name="img")
+        w = te.placeholder((cols, 1, 3, 3), name="w")
+        y = topi.nn.group_conv2d_nchw(img, w, 1, 1, 1, cols)
+        return tvm.IRModule({"main": te.create_prim_func([img, w, y])})
+    if kind == "concat":
+        y = te.placeholder((rows, 40), name="y")
+        return tvm.IRModule({"main": te.create_prim_func([x, y, topi.concatenate([x, y], axis=1)])})
     if kind == "rowsum":
         return tvm.IRModule({"main": te.create_prim_func([x, topi.sum(x, axis=-1)])})
     if kind == "colsum":
@@ -60,6 +70,9 @@ def _scheduled(mod):
         ("layernorm", 5, 24),  # 24 columns: 8 lanes, not 16
         ("layernorm3d", 7, 64),
         ("softmax_cols", 64, 48),
+        ("depthwise", 14, 8),  # a row of 14: no multiple of 4, 8 or 16 lanes
+        ("depthwise", 56, 4),  # a row of 56: 8 lanes
+        ("concat", 16, 24),
         ("rowsum", 48, 512),
         ("colsum", 48, 512),
         ("matmul", 32, 128),
@@ -92,3 +105,19 @@ def test_a_column_softmax_is_not_fused_by_rows():
     script = _scheduled(_kernel("softmax_cols", 64, 48)).script()
     assert "_rf" not in script  # reduced down the columns: the per-block rule vectorises rows
     assert script.count("T.parallel") > 1
+
+
+def test_convolution_padding_stays_a_block_and_rows_vectorise_by_what_divides_them():
+    """Inlined into the conv, padding put a border test in every multiply-add (the depthwise
+    conv ran 10x slower than unscheduled); a 56-wide row vectorises by 8 lanes."""
+    script = _scheduled(_kernel("depthwise", 56, 4)).script()
+    assert 'T.sblock("pad_temp")' in script
+    assert re.search(r"T\.vectorized\((T\.int64\()?8\)", script)
+
+
+def test_position_dependent_branches_are_not_vectorised_across_fused_rows():
+    """Padding and concatenation branch on each element's position: rows run in parallel and
+    the inner loop stays plain (vectorised across the fused index it became a gather)."""
+    script = _scheduled(_kernel("concat", 16, 24)).script()
+    assert "T.parallel" in script
+    assert "T.vectorized" not in script
