@@ -109,8 +109,9 @@ def _inline(sch: Any, infos: list[Any], try_inline: Any) -> list[Any]:
 
 
 def _selects_per_element(sch: Any, block: Any) -> bool:
-    """True when the block's value branches (``if_then_else``, ``Select``) on its position:
-    padding, concatenation, masks built from indices."""
+    """True when the block's value branches (``if_then_else``, ``Select``): padding,
+    concatenation and masks branch on the element's position (the case this is for); a
+    ``where`` on values lands here too, and its plain inner loop still vectorises in LLVM."""
     text = str(sch.get(block).body)
     return "if_then_else(" in text or "T.Select(" in text
 
