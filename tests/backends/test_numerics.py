@@ -96,3 +96,19 @@ def test_a_fresh_process_reusing_the_cache_stays_right(tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
     assert runs[0]["cache"] == "miss" and runs[1]["cache"] == "hit"
+
+
+def test_inputs_off_a_64_byte_boundary_are_realigned():
+    """Kernels vectorised by 8 lanes use aligned loads: a contiguous view at an offset (x[1:]) or
+    a numpy array (16-byte aligned) crashed the process before inputs were realigned."""
+    torch._dynamo.reset()
+
+    def fn(x, w, b):
+        return torch.nn.functional.gelu(x @ w + b)
+
+    compiled = _compiled(fn)
+    base = torch.randn(3, 256)
+    for offset in range(16):  # every 4-byte offset within 64 bytes
+        x, w, b = (base[i, offset : offset + n] for i, n in enumerate((64, 128, 8)))
+        args = (x.view(4, 16), w.view(16, 8), b)
+        torch.testing.assert_close(compiled(*args), fn(*args), rtol=1e-5, atol=1e-5)

@@ -222,8 +222,16 @@ class TVMKernel:
         return outputs[0] if self.signature.single_output else outputs
 
 
+# TVM's kernels may assume their tensors start on 64-byte boundaries (kAllocAlignment) and use
+# aligned vector loads: a view at an offset (x[1:]) or a numpy array (16-byte aligned) crashed.
+_ALIGNMENT = 64
+
+
 def _contiguous(value: Any) -> Any:
-    return value if value.is_contiguous() else value.contiguous()
+    """``value`` as a contiguous tensor starting on a 64-byte boundary (copied if it is not)."""
+    if value.is_contiguous() and value.data_ptr() % _ALIGNMENT == 0:
+        return value
+    return value.clone(memory_format=torch.contiguous_format)
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
