@@ -15,6 +15,10 @@ seeds:
 * the best tuned kernel against ``torch`` on the same shape (ratio > 1: TVM faster), and against
   torch_rc's default schedule (what an untuned build runs).
 
+``mcts`` and ``mcts-transfer`` also start from the tiles :mod:`torch_rc.tuning.blocking` derives
+from the machine (as a tuning session does); ``--ablate-blocking`` adds ``mcts-noblock``, the
+same search without them (MCTS from the rules' pick of random states only).
+
 ``mcts-transfer`` first tunes the kernel's *source* (the same operator at another shape, see
 KERNELS) with MCTS for ``--source-samples`` samples (not counted: that is earlier work a cache
 holds), then starts the target's search from the source's best trace adapted to the new extents.
@@ -48,6 +52,7 @@ COLORS = {
     "evolutionary": "C0",
     "mcts": "C1",
     "mcts-transfer": "C2",
+    "mcts-noblock": "C7",
     "mcts-llm": "C3",
     "pool": "C4",
     "single-small": "C5",
@@ -176,7 +181,13 @@ def _source_traces(source: Any, target: Any, hw: Any, seed: int, samples: int, a
     space = DesignSpace(source, target, seed=1 + seed)
     measurer = Measurer(target, repeats=args.repeats, min_repeat_ms=args.min_repeat_ms)
     result = tune_workload(
-        space, measurer, proposer=RuleProposer(space, hw), hardware=hw, trials=samples, seed=seed
+        space,
+        measurer,
+        proposer=RuleProposer(space, hw),
+        hardware=hw,
+        trials=samples,
+        seed=seed,
+        blocking=True,
     )
     if result.best_trace is None:
         return []
@@ -218,6 +229,7 @@ def run(args: Any) -> dict:
     torch.set_num_threads(hw.cores)
     target = tvm_api().cpu_target(hw.cores)
     methods = ["evolutionary", "mcts", "mcts-transfer"] + (["mcts-llm"] if args.llm_url else [])
+    methods += ["mcts-noblock"] if args.ablate_blocking else []
     pool_models: list = []
     if args.pool:
         from torch_rc.tuning.pool import parse_pool
@@ -285,6 +297,7 @@ def run(args: Any) -> dict:
                     trials=args.samples,
                     seed=seed,
                     transfer=transfer,
+                    blocking=method != "mcts-noblock",
                     rollout_depth=args.rollout_depth,
                 )
                 seconds = time.monotonic() - start
@@ -521,8 +534,14 @@ def main() -> None:
     parser.add_argument(
         "--rollout-depth",
         type=int,
-        default=3,
-        help="MCTS cost-model rollout steps per new child (0: no screening)",
+        default=0,
+        help="MCTS cost-model rollout steps per new child (default 0, as tuning sessions: no "
+        "screening)",
+    )
+    parser.add_argument(
+        "--ablate-blocking",
+        action="store_true",
+        help="add mcts-noblock: MCTS without the starting tiles derived from the machine",
     )
     parser.add_argument("--skip", default="", help="methods to leave out, e.g. evolutionary")
     parser.add_argument("--repeats", type=int, default=3)

@@ -74,6 +74,7 @@ TUNING_OPTIONS = frozenset(
         "tune_context_depth",
         "tune_rollout_depth",
         "tune_transfer",
+        "tune_blocking",
         "tune_seed",
         "tune_drivers",
         "tune_driver_index",
@@ -146,6 +147,10 @@ class Options:
             how many states are screened per real measurement.
         tune_transfer: Start each kernel's search from the records of other shapes of the same
             operator in the cache (adapted to the new loop extents, measured and verified first).
+        tune_blocking: On a CPU, also start each MCTS search from tiles derived from the machine
+            (register tile sized to the vector registers, reduction depth and cache tiles to
+            L1/L2, outer loops to the cores: :mod:`torch_rc.tuning.blocking`); up to two
+            samples per kernel.
         tune_seed: Seed of the search.
         tune_drivers: Tuning processes sharing one model's kernels (README "Tuning on a fleet"):
             each tunes the kernels whose workload key falls to it (key hash modulo this), and
@@ -206,6 +211,7 @@ class Options:
     tune_context_depth: int = 2
     tune_rollout_depth: int = 0
     tune_transfer: bool = True
+    tune_blocking: bool = True
     tune_seed: int = 0
     tune_drivers: int = 1
     tune_driver_index: int = 0

@@ -277,6 +277,14 @@ def test_transferred_starting_points_are_measured_first():
     assert OPT in measured
 
 
+def test_starting_points_keep_the_source_they_are_given_with():
+    starts = [Proposal("blocking", (6, 6), "tiles from the machine", "blocking"), (10, 4)]
+    result, measured, _ = rollout_run(seed=0, budget=6, depth=0, extra_roots=starts)
+    assert measured[:3] == [(0, 0), (6, 6), (10, 4)]
+    sources = {n.state: n.source for n in result.root.children}
+    assert sources[(6, 6)] == "blocking" and sources[(10, 4)] == "transfer"
+
+
 def test_batched_measurement_is_the_same_search_with_whole_batches_at_once():
     """An RPC fleet measures a batch at once (``measure_many``): the search, its counts and its
     curve are what one-at-a-time measurement gives with the same batch size."""

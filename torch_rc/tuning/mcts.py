@@ -158,7 +158,7 @@ def search(
     rollout: Callable[[S, random.Random], Sequence[S]] | None = None,
     rollout_depth: int = 0,
     rollout_width: int = 16,
-    extra_roots: Sequence[S] = (),
+    extra_roots: Sequence[S | Proposal[S]] = (),
     measure_many: Callable[[Sequence[S]], list[float | None]] | None = None,
 ) -> SearchResult[S]:
     """Search for a fast state, spending at most ``budget`` real measurements.
@@ -187,8 +187,9 @@ def search(
         rollout: Cheap neighbours of a state (no measurement), for cost-model rollouts.
         rollout_depth: Steps of each rollout (0: none).
         rollout_width: Neighbours scored per rollout step, at most.
-        extra_roots: Other starting points (e.g. states transferred from tuned workloads): they
-            become the root's children and are measured first, before any expansion.
+        extra_roots: Other starting points: states (taken as transferred from tuned workloads)
+            or :class:`Proposal` s that name their source (e.g. ``blocking``); they become the
+            root's children and are measured first, in order, before any expansion.
         measure_many: Measures several states at once (an RPC fleet); used instead of
             ``measure`` for each batch when given. Same results, same order, same sample count.
     """
@@ -296,11 +297,21 @@ def search(
 
     record_batch([root])
     _backpropagate(root, root.reward)
-    starts = [s for s in dict.fromkeys(extra_roots) if s not in seen]
+    labelled = [
+        r
+        if isinstance(r, Proposal)
+        else Proposal("transfer", r, "from a tuned workload", "transfer")
+        for r in extra_roots
+    ]
+    starts: list[Proposal[S]] = []
+    for proposal in labelled:
+        if proposal.state not in seen and all(p.state != proposal.state for p in starts):
+            starts.append(proposal)
     if starts:
-        for state, value in zip(starts, predict(starts), strict=True):
-            add_child(root, Proposal("transfer", state, "from a tuned workload", "transfer"), value)
-        record_batch([seen[s] for s in starts][: max(budget - samples[0], 0)])
+        values = predict([p.state for p in starts])
+        for proposal, value in zip(starts, values, strict=True):
+            add_child(root, proposal, value)
+        record_batch([seen[p.state] for p in starts][: max(budget - samples[0], 0)])
     expansions = 0
     limit = max_expansions if max_expansions is not None else 50 * max(budget, 1)
     stop = should_stop or (lambda: False)

@@ -37,7 +37,7 @@ from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.mcts import Context, Proposal
 from torch_rc.tuning.space import Decision, DesignSpace, ScheduleState
 
-__all__ = ["RuleProposer", "gpu_rule_score", "rule_score"]
+__all__ = ["RuleProposer", "gpu_rule_score", "output_bits", "rule_score"]
 
 _UNROLL_PREFERENCE = {0: 0.6, 16: 1.0, 64: 1.0, 512: 0.7}
 _MUTATION_TRIES = 6
@@ -50,7 +50,7 @@ def _smallest_prime(n: int) -> int:
     return n
 
 
-def _dtype_bits(space: DesignSpace) -> int:
+def output_bits(space: DesignSpace) -> int:
     """Bits of the workload's output dtype (the vector lanes depend on it)."""
     cached = getattr(space, "_output_bits", None)
     if cached is not None:
@@ -96,7 +96,7 @@ def gpu_rule_score(
             parts["registers"] = 1.0
         k_tile = math.prod(math.prod(v[1:]) for v in reduction) if reduction else 1
         block_tiles = [math.prod(v[1:]) for v in spatial]
-        shared = k_tile * sum(block_tiles[-2:]) * _dtype_bits(space) // 8
+        shared = k_tile * sum(block_tiles[-2:]) * output_bits(space) // 8
         parts["shared"] = 1.0 if shared <= hardware.shared_memory_per_block else 0.05
     for decision in decisions:
         if decision.kind == "unroll":
@@ -112,8 +112,8 @@ def rule_score(
     if isinstance(hardware, GPUHardware):
         return gpu_rule_score(space, state, hardware)
     decisions = space.decisions[state.sketch]
-    lanes = hardware.lanes(_dtype_bits(space))
-    bits = _dtype_bits(space)
+    lanes = hardware.lanes(output_bits(space))
+    bits = output_bits(space)
     tiles = [(d, state.value(d.index)) for d in decisions if d.kind == "tile"]
     spatial = [(d, v) for d, v in tiles if d.spatial is not False]
     reduction = [(d, v) for d, v in tiles if d.spatial is False]
@@ -179,7 +179,7 @@ class RuleProposer:
         out: list[tuple[str, ScheduleState]] = []
         # On a GPU the innermost tile is per-thread work, not vector lanes: no lane moves.
         lanes = (
-            0 if isinstance(self.hardware, GPUHardware) else self.hardware.lanes(_dtype_bits(space))
+            0 if isinstance(self.hardware, GPUHardware) else self.hardware.lanes(output_bits(space))
         )
         tiles = [d for d in space.decisions[state.sketch] if d.kind == "tile"]
         innermost = [d for d in tiles if d.spatial is not False][-1:] or tiles[-1:]

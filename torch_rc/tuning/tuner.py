@@ -19,11 +19,12 @@ from typing import Any
 
 from torch_rc.platform.hardware import AnyHardware
 from torch_rc.platform.tvm_shim import tvm_api
+from torch_rc.tuning.blocking import blocked_states
 from torch_rc.tuning.cost_model import XGBCostModel, make_xgb_model
-from torch_rc.tuning.mcts import search
+from torch_rc.tuning.mcts import Proposal, search
 from torch_rc.tuning.measure import Measurement, Measurer
 from torch_rc.tuning.remote import TrackerGone
-from torch_rc.tuning.rules import RuleProposer, rule_score
+from torch_rc.tuning.rules import RuleProposer, output_bits, rule_score
 from torch_rc.tuning.space import DesignSpace, ScheduleState
 
 __all__ = ["METHODS", "Step", "TaskSearch", "TuneResult", "tune_workload"]
@@ -141,6 +142,7 @@ def tune_workload(
     warmup: int = 8,
     rollout_depth: int = 0,
     transfer: Any = (),
+    blocking: bool = False,
 ) -> TuneResult:
     """Tune ``space``'s workload with ``trials`` real measurements (one :class:`TaskSearch`
     run to the end).
@@ -162,6 +164,7 @@ def tune_workload(
         warmup=warmup,
         rollout_depth=rollout_depth,
         transfer=transfer,
+        blocking=blocking,
     )
     deadline = time.monotonic() + time_limit_s if time_limit_s else None
     task.step(trials, deadline)
@@ -197,6 +200,7 @@ class TaskSearch:
         warmup: int = 8,
         rollout_depth: int = 0,
         transfer: Any = (),
+        blocking: bool = False,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
@@ -213,6 +217,14 @@ class TaskSearch:
         self._transfer = [s for s in transfer if space.legal(s)]
         if self._transfer:
             self.result.stats["transferred"] = len(self._transfer)
+        # Tiles derived from the machine (torch_rc.tuning.blocking), also measured first.
+        self._blocked = (
+            blocked_states(space, hardware, output_bits(space))
+            if blocking and method == "mcts" and hardware is not None
+            else []
+        )
+        if self._blocked:
+            self.result.stats["blocked"] = len(self._blocked)
         self._rollouts = (
             RuleProposer(space, hardware)
             if method == "mcts" and hardware is not None and rollout_depth > 0
@@ -308,7 +320,14 @@ class TaskSearch:
 
         parallel = getattr(measurer, "parallelism", 1) > 1
         root = self._best_state or _pick_root(space, self.hardware, self.rng)
-        extra, self._transfer = self._transfer, []
+        extra = [
+            Proposal("transfer", state, "from a tuned workload", "transfer")
+            for state in self._transfer
+        ] + [
+            Proposal("blocking", state, "tiles derived from the machine", "blocking")
+            for state in self._blocked
+        ]
+        self._transfer, self._blocked = [], []
         prefix = list(self.result.steps)
         outcome = search(
             root,
