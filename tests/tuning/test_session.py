@@ -205,3 +205,92 @@ def test_two_drivers_split_one_model_over_one_redis_store(tmp_path, redis_url):
     stored = {r.workload_key for r in open_store(redis_url).all_records()}
     assert kept and kept <= stored
 
+
+def _relu_exp_relax():
+    """A real Relax module (TVM's torch frontend) with one element-wise fused kernel."""
+    from tvm.relax.frontend.torch import from_exported_program
+
+    class ReluExp(torch.nn.Module):
+        def forward(self, x):
+            return torch.exp(torch.relu(x))
+
+    return from_exported_program(torch.export.export(ReluExp(), (torch.randn(64, 256),)))
+
+
+def test_the_unscheduled_kernel_is_timed_only_when_its_cold_run_says_it_could_win():
+    from tests.tuning.workloads import matmul
+    from torch_rc.platform.tvm_shim import tvm_api
+    from torch_rc.tuning.measure import Measurer
+    from torch_rc.tuning.session import _default_latency, _unscheduled
+
+    measurer = Measurer(tvm_api().cpu_target(2), repeats=2, min_repeat_ms=1)
+    mod = matmul(64, 128, 128)
+    assert _unscheduled(mod, 1.0, measurer) is None  # no reference run yet: nothing known
+    default = _default_latency(mod, measurer)  # makes the reference (unscheduled) run
+    measured = measurer.measured
+    # A cold run far slower than the bar: not timed at all.
+    assert _unscheduled(mod, 1e-9, measurer) is None and measurer.measured == measured
+    # A slow enough bar: timed, kept, and its check passed (it is the reference itself).
+    got = _unscheduled(mod, 10.0, measurer)
+    assert measurer.measured == measured + 1 and measurer.count == 0  # not a tuning sample
+    assert got is not None and got.ok and got.latency_s < 10.0
+    assert default is not None
+
+
+def test_an_unscheduled_kernel_faster_than_every_schedule_is_stored_and_built(tmp_path):
+    """The session's verdict when the plain loops win: a record with an empty trace, which the
+    build applies (no default schedule on top) and which computes the same result."""
+    from torch_rc.cache.ms_database import make_database
+    from torch_rc.cache.store import SQLiteStore
+    from torch_rc.passes.build import relax_pipeline
+    from torch_rc.platform.target import detect_target
+    from torch_rc.tuning.measure import Measurer
+    from torch_rc.tuning.session import (
+        _conclude,
+        _default_latency,
+        _unscheduled,
+        extract_tasks,
+    )
+    from torch_rc.tuning.tuner import TuneResult
+
+    options = Options.resolve({})
+    target = detect_target(options, torch.device("cpu"))
+    mod = _relu_exp_relax()
+    (task,) = extract_tasks([mod], target.target)
+    measurer = Measurer(target.target, repeats=2, min_repeat_ms=1)
+    assert _default_latency(task.mod, measurer) is not None
+    task.default_s = 10.0  # a default schedule slower than the plain loops (on demand)
+    task.unscheduled = _unscheduled(task.mod, task.default_s, measurer)
+    task.result = TuneResult("mcts", "builtin", samples=2)  # every candidate failed
+    database = make_database(SQLiteStore(tmp_path / "s.sqlite"), target.key)
+    _conclude(task, database, target.target, "builtin")
+    assert task.status == "kept-unscheduled" and "unscheduled kernel" in task.error
+    (record,) = database.get_all_tuning_records()
+    assert len(record.trace.insts) == 0
+
+    def kernel_script(database=None):
+        if database is None:
+            with target.target:
+                lowered = relax_pipeline(target, options)(mod)
+        else:
+            with target.target, database:
+                lowered = relax_pipeline(target, options, tuned=True)(mod)
+        (name,) = [g for g in lowered.get_global_vars() if "relu" in g.name_hint]
+        return lowered[name].script()
+
+    assert "T.parallel" in kernel_script()  # the default schedule
+    assert "T.parallel" not in kernel_script(database) and "T.vectorized" not in kernel_script(
+        database
+    )
+
+    # An earlier tuned result that beats both bars is what gets stored instead.
+    task.result = TuneResult(
+        "mcts",
+        "builtin",
+        samples=2,
+        best_latency_s=task.unscheduled.latency_s / 2,
+        best_trace=record.trace,
+        best_measurement=task.unscheduled,
+    )
+    _conclude(task, None, target.target, "builtin")
+    assert task.status == "tuned"

@@ -26,7 +26,7 @@ from torch_rc.tuning.bounded_build import (
     BuildTimedOut,
     build_module,
 )
-from torch_rc.tuning.verify import compare, reference_run, run_once, target_device
+from torch_rc.tuning.verify import compare, run_once, target_device, timed_reference_run
 
 __all__ = ["Measurement", "Measurer"]
 
@@ -101,6 +101,9 @@ class Measurer:
         self.seed = seed
         self.device = target_device(target)
         self._references: dict[str, tuple[list[Any], torch.Tensor]] = {}
+        # One cold run of each reference (unscheduled) kernel, by workload key: what measuring
+        # the unscheduled kernel as a candidate would cost, known before paying for it.
+        self.reference_seconds: dict[str, float] = {}
         self.count = 0  # real measurements made (the sample count everything reports)
         self.parallelism = 1  # measurements that can run at once (RPC fleets have more)
         self.measured = 0  # every measurement, baselines included
@@ -109,7 +112,9 @@ class Measurer:
     def _reference(self, reference_mod: Any) -> tuple[list[Any], torch.Tensor]:
         key = workload_key(reference_mod["main"])
         if key not in self._references:
-            self._references[key] = reference_run(reference_mod, self.target, self.seed)
+            arrays, want, seconds = timed_reference_run(reference_mod, self.target, self.seed)
+            self._references[key] = (arrays, want)
+            self.reference_seconds[key] = seconds
         return self._references[key]
 
     def measure_many(

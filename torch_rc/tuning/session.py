@@ -37,7 +37,7 @@ from torch_rc.platform.hardware import AnyHardware, host_hardware
 from torch_rc.platform.tvm_shim import prepare_meta_schedule, tvm_api, tvm_warnings_once
 from torch_rc.tuning.llm_client import LLMClient, LLMConfig
 from torch_rc.tuning.llm_proposer import LLMProposer
-from torch_rc.tuning.measure import Measurer
+from torch_rc.tuning.measure import Measurement, Measurer
 from torch_rc.tuning.pool import PoolProposer, parse_pool
 from torch_rc.tuning.progress import TuningDisplay
 from torch_rc.tuning.remote import RemoteMeasurer, TrackerGone
@@ -87,10 +87,13 @@ class Task:
     flops: float
     trials: int = 0
     status: str = (
-        "pending"  # pending | cached | other-driver | skipped | tuned | kept-default | failed
-        # | interrupted
+        "pending"  # pending | cached | other-driver | skipped | tuned | kept-default
+        # | kept-unscheduled | failed | interrupted
     )
     default_s: float | None = None  # latency with torch_rc's default schedule (the bar to beat)
+    # The unscheduled kernel, measured when one cold run of it showed it could beat the default
+    # schedule, and kept only if it did (a bar to beat too; kept if tuning cannot beat it).
+    unscheduled: Measurement | None = None
     result: TuneResult | None = None
     error: str = ""
 
@@ -355,6 +358,7 @@ def _profile(
         if task.default_s is None:
             task.status, task.error = "skipped", "the default schedule could not be measured"
         else:
+            task.unscheduled = _unscheduled(task.mod, task.default_s, measurer)
             profiled.append(task)
         display.advance(done)
     return profiled
@@ -454,6 +458,7 @@ def _start_search(
             space,
             measurer,
             transfer=transfer,
+            blocking=options.tune_blocking,
             rollout_depth=options.tune_rollout_depth,
             method=options.tune_method,
             proposer=_proposer(space, options, hardware),
@@ -473,23 +478,58 @@ def _start_search(
 
 
 def _conclude(task: Task, database: Any, target: Any, proposer: str) -> None:
-    """Keep a tuned schedule only if it is verified and beats the default; store it."""
+    """Keep a tuned schedule only if it is verified and beats both the default schedule and
+    the unscheduled kernel (when that was measured faster than the default); store the winner.
+    """
     result = task.result
     if result is None:
         return
     task.status = "interrupted" if result.interrupted else "tuned"
-    beats_default = task.default_s is None or (
-        result.best_latency_s is not None and result.best_latency_s < task.default_s
+    unscheduled = task.unscheduled.latency_s if task.unscheduled is not None else None
+    bars = [b for b in (task.default_s, unscheduled) if b is not None]
+    best = result.best_latency_s
+    tuned_wins = result.best_trace is not None and (
+        not bars or (best is not None and best < min(bars))
     )
-    if result.best_trace is not None and not beats_default:
+    if tuned_wins:
+        if database is not None:
+            _promote(database, task, result, target, result.best_trace, result.best_measurement)
+    elif task.unscheduled is not None and unscheduled is not None:
+        # The plain loops (LLVM vectorises them itself) beat every schedule: store "no schedule".
+        task.status = "kept-unscheduled"
+        task.error = (
+            f"unscheduled kernel {unscheduled * 1e3:.4f} ms < default schedule "
+            + (f"{task.default_s * 1e3:.4f} ms" if task.default_s is not None else "(none)")
+            + (f" and best tuned {best * 1e3:.4f} ms" if best is not None else "")
+        )
+        if database is not None:
+            empty = tvm_api().s_tir.Schedule(task.mod).trace
+            _promote(database, task, result, target, empty, task.unscheduled, "unscheduled")
+    elif result.best_trace is not None:
         # Never slower than what the build would do anyway: keep the default schedule.
         task.status = "kept-default"
         task.error = (
-            f"best tuned {result.best_latency_s * 1e3:.4f} ms >= default schedule "
-            f"{task.default_s * 1e3:.4f} ms"
+            f"best tuned {best * 1e3:.4f} ms >= default schedule {task.default_s * 1e3:.4f} ms"
         )
-    elif result.best_trace is not None and database is not None:
-        _promote(database, task, result, target, proposer)
+
+
+def _unscheduled(mod: Any, default_s: float, measurer: Measurer) -> Measurement | None:
+    """The unscheduled kernel's measurement if it beats ``default_s``, on a CPU (GPU kernels
+    need a schedule). It is timed only when its one cold run (the correctness reference, already
+    made) took under 3x ``default_s``: an unscheduled GEMM can take seconds per call."""
+    if str(measurer.target.kind.name) == "cuda":
+        return None
+    cold = getattr(measurer, "reference_seconds", {}).get(workload_key(mod["main"]))
+    if cold is None or cold > 3 * default_s:
+        return None
+    try:
+        measurement = measurer.measure(mod, mod, count=False)
+    except TrackerGone:
+        raise
+    except Exception:  # noqa: BLE001 - a baseline that cannot be measured is not a candidate
+        return None
+    ok = measurement.ok and measurement.latency_s is not None
+    return measurement if ok and measurement.latency_s < default_s else None
 
 
 def _default_latency(mod: Any, measurer: Measurer) -> float | None:
@@ -511,11 +551,20 @@ def _default_latency(mod: Any, measurer: Measurer) -> float | None:
     return measurement.latency_s if measurement.ok else None
 
 
-def _promote(database: Any, task: Task, result: TuneResult, target: Any, proposer: str) -> None:
+def _promote(
+    database: Any,
+    task: Task,
+    result: TuneResult,
+    target: Any,
+    trace: Any,
+    measurement: Measurement,
+    found_by: str = "",
+) -> None:
+    """Store ``trace`` (measured as ``measurement``) for ``task``; provenance from ``result``,
+    the proposer named ``found_by`` when it was not the search's (the unscheduled kernel)."""
     ms = tvm_api().s_tir.meta_schedule
-    measurement = result.best_measurement
     record = ms.database.TuningRecord(
-        result.best_trace,
+        trace,
         database.commit_workload(task.mod),
         list(measurement.runs) or [measurement.latency_s],
         target,
@@ -529,7 +578,7 @@ def _promote(database: Any, task: Task, result: TuneResult, target: Any, propose
         key=task.key,
         samples=result.samples,
         method=result.method,
-        proposer=result.proposer,
+        proposer=found_by or result.proposer,
         models=tuple(m for m, v in stats["models"].items() if v["calls"])
         if isinstance(stats.get("models"), dict)
         else ((stats["model"],) if "model" in stats else ()),

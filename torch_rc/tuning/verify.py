@@ -3,6 +3,7 @@ unscheduled one computes, on random inputs, before its record may be stored or u
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ __all__ = [
     "reference_target",
     "run_once",
     "target_device",
+    "timed_reference_run",
 ]
 
 
@@ -37,12 +39,21 @@ def reference_run(
 ) -> tuple[list[np.ndarray], torch.Tensor]:
     """The random inputs of ``reference_mod`` (:func:`random_inputs`) and the output the
     unscheduled kernel computes from them, built for :func:`reference_target`."""
+    arrays, want, _ = timed_reference_run(reference_mod, target, seed, host_cpu=host_cpu)
+    return arrays, want
+
+
+def timed_reference_run(
+    reference_mod: Any, target: Any, seed: int = 0, *, host_cpu: bool = False
+) -> tuple[list[np.ndarray], torch.Tensor, float]:
+    """:func:`reference_run`, and the seconds the unscheduled kernel's one (cold) run took."""
     arrays = random_inputs(reference_mod, seed)
     built = tvm_api().compile(
         reference_mod, reference_target(target, host_cpu=host_cpu), reference=True
     )
+    start = time.perf_counter()
     want, _ = run_once(built, arrays)
-    return arrays, want
+    return arrays, want, time.perf_counter() - start
 
 
 def random_inputs(mod: Any, seed: int = 0) -> list[np.ndarray]:
