@@ -320,10 +320,8 @@ class TaskSearch:
 
         parallel = getattr(measurer, "parallelism", 1) > 1
         root = self._best_state or _pick_root(space, self.hardware, self.rng)
-        extra = [
-            Proposal("transfer", state, "from a tuned workload", "transfer")
-            for state in self._transfer
-        ] + [
+        # Plain states are labelled as transferred by the search; blocked ones name themselves.
+        extra: list[Any] = list(self._transfer) + [
             Proposal("blocking", state, "tiles derived from the machine", "blocking")
             for state in self._blocked
         ]
