@@ -70,3 +70,35 @@ def test_the_measurer_counts_a_timed_out_build_as_a_failed_sample():
     fine = measurer.measure(reference, reference)
     assert fine.ok and fine.latency_s > 0
     assert measurer.count == 2
+
+
+@pytest.mark.parametrize("timeout_s", [30.0, None])
+def test_candidates_run_their_parallel_loops_on_pytorchs_openmp_threads(timeout_s):
+    """A candidate is timed the way it is served: its parallel loop runs on PyTorch's OpenMP
+    team (TVM's own pool ran every task on one worker here, so parallel schedules were timed
+    on half the machine). Each task records the OpenMP thread that ran it."""
+    import torch
+
+    from torch_rc.platform.threads import launcher_status
+
+    if not launcher_status().openmp:
+        pytest.skip(launcher_status().detail)
+    if torch.get_num_threads() < 2:
+        pytest.skip("needs PyTorch to use two threads or more")
+    api = tvm_api()
+    src = """
+@I.ir_module
+class Module:
+    @T.prim_func(s_tir=True)
+    def main(b: T.Buffer((T.int64(64),), "int32")):
+        T.func_attr({"tirx.noalias": True})
+        for i in T.parallel(T.int64(64)):
+            with T.sblock("b"):
+                vi = T.axis.spatial(T.int64(64), i)
+                b[vi] = T.call_extern("int32", "omp_get_thread_num")
+"""
+    module = build_module(api.tvm.script.from_source(src), _target(), timeout_s)
+    out = api.tvm.runtime.tensor(np.full(64, -1, "int32"))
+    module["main"](out)
+    threads = set(out.numpy().tolist())
+    assert len(threads) >= 2 and threads <= set(range(torch.get_num_threads()))

@@ -22,6 +22,7 @@ import tempfile
 import time
 from typing import Any
 
+from torch_rc.platform.threads import route_library
 from torch_rc.platform.tvm_shim import tvm_api
 
 __all__ = [
@@ -54,7 +55,7 @@ def build_module(mod: Any, target: Any, timeout_s: float | None = DEFAULT_BUILD_
         BuildFailed: The build failed (or the child died).
     """
     api = tvm_api()
-    if timeout_s is None or str(target.kind.name) != "llvm" or not hasattr(os, "fork"):
+    if str(target.kind.name) != "llvm":
         try:
             return api.compile(mod, target).mod
         except Exception as exc:
@@ -62,7 +63,12 @@ def build_module(mod: Any, target: Any, timeout_s: float | None = DEFAULT_BUILD_
     with tempfile.TemporaryDirectory(prefix="torch_rc_build_") as folder:
         library = os.path.join(folder, "kernel.so")
         build_library(mod, target, library, timeout_s)
-        return api.tvm.runtime.load_module(library)
+        module = api.tvm.runtime.load_module(library)
+        # Parallel loops run on PyTorch's OpenMP team, as they do when served (runtime.py):
+        # measured on TVM's own pool they ran on one worker here, and a kernel's parallel
+        # decisions were timed on half the machine.
+        route_library(library)
+        return module
 
 
 def build_library(mod: Any, target: Any, path: str, timeout_s: float | None) -> None:
