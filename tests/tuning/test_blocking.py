@@ -4,11 +4,11 @@ import math
 
 import pytest
 
-from tests.tuning.workloads import matmul
+from tests.tuning.workloads import matmul, row_softmax
 from torch_rc.platform.hardware import Hardware, gpu_hardware
 from torch_rc.platform.target import KNOWN_GPUS
 from torch_rc.platform.tvm_shim import tvm_api
-from torch_rc.tuning.blocking import blocked_states, micro_tile
+from torch_rc.tuning.blocking import blocked_states, micro_tile, reduction_states
 from torch_rc.tuning.measure import Measurer
 from torch_rc.tuning.rules import RuleProposer
 from torch_rc.tuning.space import DesignSpace
@@ -114,3 +114,39 @@ def test_the_search_measures_the_blocked_tiles_right_after_its_root(space):
     assert "blocked" not in search.result.stats
     search.step(3)
     assert not any(equal(c, b) for c in off.candidates for b in blocked)
+
+
+def test_row_reductions_start_from_vector_partial_sums_fused_per_row():
+    """A softmax (no multi-level tiling) gets reduction states: each reduction split into
+    (extent / lanes, lanes), producers under their consumer's row loop, unroll 16; they replay,
+    compute softmax (the measurer checks the result before timing) and the search measures them
+    right after its root. A matmul gets none (blocked_states covers it), nor does a GPU."""
+    space = DesignSpace(row_softmax(64, 128), tvm_api().cpu_target(2), seed=0)
+    states = reduction_states(space, AVX512, 32)
+    assert len(states) == 2 and states == reduction_states(space, AVX512, 32)
+    assert blocked_states(space, AVX512, 32) == []
+    for state in states:
+        decisions = space.decisions[state.sketch]
+        tiles = [d for d in decisions if d.kind == "tile"]
+        assert len(tiles) == 2  # both reductions (max, sum) split for an rfactor
+        assert all(state.value(d.index) == (128 // 16, 16) for d in tiles)
+        assert all(state.value(d.index) == 0 for d in decisions if d.kind == "compute_location")
+        unroll = next(d for d in decisions if d.kind == "unroll")
+        assert unroll.candidates[state.value(unroll.index)] == 16
+    # AVX2: 8 lanes.
+    assert all(v == (16, 8) for s in reduction_states(space, AVX2, 32) for _, v in s.decisions[:2])
+    assert reduction_states(space, gpu_hardware(KNOWN_GPUS["h100"]), 32) == []
+    tiled = DesignSpace(matmul(), tvm_api().cpu_target(2), seed=0)
+    assert reduction_states(tiled, AVX512, 32) == []
+
+    measurer = RecordingMeasurer(space.target)
+    search = TaskSearch(
+        space, measurer, proposer=RuleProposer(space, AVX512), hardware=AVX512, blocking=True
+    )
+    assert search.result.stats["blocked"] == 2
+    search.step(3)
+    result = search.finish()
+    assert result.samples == 3 and result.best_latency_s is not None
+    for got, state in zip(measurer.candidates[1:], states, strict=True):
+        assert got.script() == space.schedule(state).mod.script()
+        assert measurer.measure(space.mod, got, count=False).ok  # checked against the reference

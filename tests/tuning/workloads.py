@@ -11,3 +11,12 @@ def matmul(m: int = 64, n: int = 128, k: int = 128, relu: bool = False):
     c = te.compute((m, n), lambda i, j: te.sum(a[i, r] * b[r, j], axis=r), name="C")
     out = te.compute((m, n), lambda i, j: te.max(c[i, j], 0.0), name="D") if relu else c
     return tvm_api().tvm.IRModule({"main": te.create_prim_func([a, b, out])})
+
+
+def row_softmax(rows: int = 64, cols: int = 128):
+    """Softmax over the last axis, as TOPI writes it (max, exp, sum, normalise: four blocks)."""
+    api = tvm_api()
+    te = api.tvm.te
+    x = te.placeholder((rows, cols), name="X")
+    out = api.tvm.topi.nn.softmax(x, axis=-1)
+    return api.tvm.IRModule({"main": te.create_prim_func([x, out])})

@@ -24,6 +24,13 @@ sketch tiles: matmuls, batched matmuls, convolutions):
   the rest to ``S1``; if the blocks leave too few tasks, ``S2`` factors move out to ``S0``;
 * **unroll**: 64 steps of auto-unroll (16 where 64 is not a choice).
 
+Row reductions (softmax, norms: no spatial tiling, reductions split in two by ``AddRFactor``)
+get :func:`reduction_states`: every reduction split as (extent / lanes, lanes), so the rfactor
+block accumulates one vector of partial results per row; every producer computed under its
+consumer's outermost loop (the row: max, exp-sum and normalisation fused per row, their
+temporaries a row long instead of the whole tensor); auto-unroll 16 (512 made one softmax
+candidate's build run for minutes).
+
 These states are starting points, not answers: the search measures them first (one sample each)
 and goes on from the best. Nothing here is measured; a state that does not replay is dropped.
 """
@@ -36,7 +43,7 @@ from typing import Any
 from torch_rc.platform.hardware import AnyHardware, GPUHardware
 from torch_rc.tuning.space import Decision, DesignSpace, ScheduleState
 
-__all__ = ["blocked_states", "micro_tile"]
+__all__ = ["blocked_states", "micro_tile", "reduction_states"]
 
 _MAX_R1 = 32
 
@@ -208,6 +215,49 @@ def blocked_states(
                 continue
     # The first sketch's variants first, then the others' best (cache-write placements).
     for state in dict.fromkeys(candidates):
+        if len(found) >= limit:
+            break
+        if space.legal(state):
+            found.append(state)
+    return found
+
+
+def reduction_states(
+    space: DesignSpace, hardware: AnyHardware, bits: int = 32, limit: int = 2
+) -> list[ScheduleState]:
+    """Up to ``limit`` legal states for a row-reduction kernel (see the module docstring): from
+    the sketches that split the most reductions for an rfactor, in the space's order; [] on a
+    GPU, for multi-level tilings (:func:`blocked_states` covers those), or when no reduction's
+    extent is a multiple of the vector length."""
+    if isinstance(hardware, GPUHardware) or limit <= 0:
+        return []
+    lanes = hardware.lanes(bits)
+    ranked: list[tuple[int, int, ScheduleState]] = []
+    for sketch, state in enumerate(space.initial_states()):
+        decisions = space.decisions[sketch]
+        tiles = [d for d in decisions if d.kind == "tile"]
+        if not tiles or any(d.spatial is not False or d.levels != 2 for d in tiles):
+            continue
+        if any(int(d.extent or 0) % lanes for d in tiles):
+            continue
+        new = state
+        try:
+            for decision in tiles:
+                new = space.set_decision(
+                    new, decision.index, (int(decision.extent) // lanes, lanes)
+                )
+            for decision in decisions:
+                if decision.kind == "compute_location":
+                    new = space.set_decision(new, decision.index, 0)
+                elif decision.kind == "unroll":
+                    steps = [int(c) for c in decision.candidates]
+                    if 16 in steps:
+                        new = space.set_decision(new, decision.index, steps.index(16))
+        except ValueError:  # a value out of the decision's range: not this sketch
+            continue
+        ranked.append((-len(tiles), sketch, new))
+    found: list[ScheduleState] = []
+    for _, _, state in sorted(ranked, key=lambda r: (r[0], r[1])):
         if len(found) >= limit:
             break
         if space.legal(state):

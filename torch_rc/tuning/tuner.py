@@ -19,7 +19,7 @@ from typing import Any
 
 from torch_rc.platform.hardware import AnyHardware
 from torch_rc.platform.tvm_shim import tvm_api
-from torch_rc.tuning.blocking import blocked_states
+from torch_rc.tuning.blocking import blocked_states, reduction_states
 from torch_rc.tuning.cost_model import XGBCostModel, make_xgb_model
 from torch_rc.tuning.mcts import Proposal, search
 from torch_rc.tuning.measure import Measurement, Measurer
@@ -217,9 +217,11 @@ class TaskSearch:
         self._transfer = [s for s in transfer if space.legal(s)]
         if self._transfer:
             self.result.stats["transferred"] = len(self._transfer)
-        # Tiles derived from the machine (torch_rc.tuning.blocking), also measured first.
+        # Tiles derived from the machine (torch_rc.tuning.blocking), also measured first:
+        # register/cache blocking for tiled kernels, vector row reductions for the others.
         self._blocked = (
             blocked_states(space, hardware, output_bits(space))
+            + reduction_states(space, hardware, output_bits(space))
             if blocking and method == "mcts" and hardware is not None
             else []
         )
