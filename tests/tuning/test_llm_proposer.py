@@ -11,7 +11,7 @@ from torch_rc.platform.hardware import host_hardware
 from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.llm_client import LLMClient, LLMConfig
 from torch_rc.tuning.llm_proposer import LLMProposer, parse_answer
-from torch_rc.tuning.mcts import Context
+from torch_rc.tuning.mcts import Context, Step
 from torch_rc.tuning.space import DesignSpace
 
 
@@ -50,6 +50,44 @@ def test_prompt_carries_hardware_ir_decisions_ancestors_and_actions(space):
         assert expected in text
     schema = proposer.schema(2)
     assert schema["properties"]["proposals"]["items"]["properties"]["action"]["enum"][0] == "set"
+
+
+def test_prompt_carries_the_measured_lineage_and_what_helped(space):
+    proposer = LLMProposer(
+        space, host_hardware(), LLMClient(LLMConfig(base_url="http://127.0.0.1:9/v1"))
+    )
+    state = space.initial_states()[0]
+    lineage = (
+        Step("root", "root", 0.004),
+        Step("blocking", "blocking", 0.001),
+        Step("set d3 = [1, 2, 4, 8]", "builtin", None, failed=True),
+        Step("mutate_unroll", "llm:gemma", 0.0008),
+        Step("set d5 = 2", "builtin"),
+    )
+    helped = (("blocking", 4.0), ("mutate_unroll", 1.25))
+    context = Context(state, 0.9, (), space.actions, lineage=lineage, helped=helped)
+    text = proposer.prompt(context, 2)[1]["content"]
+    for expected in (
+        "  root: 4 ms",
+        "  blocking: 1 ms, 4.00x the speed of the last measured step before it",
+        "  set d3 = [1, 2, 4, 8] (builtin): failed",
+        "  mutate_unroll (llm:gemma): 0.8 ms, 1.25x the speed",
+        "  set d5 = 2 (builtin): not measured yet",
+        "  blocking: 4.00x faster than the best before it",
+        "  mutate_unroll: 1.25x faster than the best before it",
+    ):
+        assert expected in text, expected
+    # A long lineage shows its latest steps, and speed-ups still count from the hidden ones.
+    long = (Step("root", "root", 0.002),) + tuple(
+        Step(f"mutate_tile_size {i}", "builtin") for i in range(9)
+    )
+    long += (Step("mutate_unroll", "builtin", 0.001),)
+    text = proposer.prompt(Context(state, 0.9, (), space.actions, lineage=long), 2)[1]["content"]
+    assert "... 3 earlier step(s)" in text and "  root:" not in text
+    assert "mutate_unroll (builtin): 1 ms, 2.00x the speed" in text
+    assert "No transformation has improved on the first measured schedule yet." in text
+    # Without a history (a proposer called outside a search) the prompt says nothing of one.
+    assert "Measured history" not in proposer.prompt(_context(space), 2)[1]["content"]
 
 
 def test_valid_answers_are_used_and_invalid_ones_fall_back_and_are_counted(space):

@@ -5,6 +5,8 @@ measurements reach the tree."""
 import math
 import random
 
+import pytest
+
 from torch_rc.tuning.mcts import Proposal, search
 
 OPT = (11, 5)
@@ -145,6 +147,36 @@ def test_proposer_sees_configurable_ancestor_context():
     deepest = max(proposer.contexts, key=lambda c: len(c.ancestors))
     assert len(deepest.ancestors) == 3
     assert all(isinstance(score, float) for _, score in deepest.ancestors)
+
+
+def test_proposer_sees_the_measured_lineage_and_what_made_new_bests():
+    result, _, proposer, _ = run(seed=3, budget=30)
+    moves = {"x+1": (1, 0), "x-1": (-1, 0), "y+1": (0, 1), "y-1": (0, -1)}
+    measured_steps = 0
+    for context in proposer.contexts:
+        assert context.lineage[0].action == "root"
+        # Replaying the lineage's actions from the root reaches the node's state, and every
+        # measured step carries that step's real latency.
+        x, y = 0, 0
+        for step in context.lineage:
+            if step.action != "root":
+                dx, dy = moves[step.action]
+                x, y = x + dx, y + dy
+            if step.latency is not None:
+                assert step.latency == latency((x, y))
+                measured_steps += step.action != "root"
+        assert (x, y) == context.state
+    assert measured_steps > 0
+    # "helped": each new best's action and its speed-up over the best before it, as the curve has it.
+    bests = list(dict.fromkeys(t for _, t in result.curve))
+    ratios = [a / b for a, b in zip(bests, bests[1:], strict=False)]
+    for context in proposer.contexts:
+        speedups = [s for _, s in context.helped]
+        assert any(speedups == pytest.approx(ratios[:k][-8:]) for k in range(len(ratios) + 1)), (
+            speedups
+        )
+        assert all(action in moves for action, _ in context.helped)
+    assert proposer.contexts[-1].helped
 
 
 def _nodes(root):

@@ -2,8 +2,11 @@
 answer, and falls back to the built-in rules for whatever is missing or invalid.
 
 The prompt carries the hardware, the node's scheduled TIR (trimmed), its decisions and predicted
-score, the actions that led to it from its ancestors (``context_depth`` of them, with their
-scores), and the legal actions with their ranges. The model reasons briefly and answers JSON:
+score, how its ancestors (``context_depth`` of them, with their scores) differ from it, the
+measured history of its lineage (each step's action, proposer and real latency, and its speed-up
+over the last measured step before it; the latest 8 steps), the transformations that made a new
+best in this search with their speed-ups, and the legal actions with their ranges. The model
+reasons briefly and answers JSON:
 
 ``{"reasoning": "...", "proposals": [{"action": "set", "decision": "d7", "value": [2, 8, 1, 8],
 "why": "..."}, {"action": "mutate_unroll"}, ...]}``
@@ -167,6 +170,7 @@ class LLMProposer:
                 f"{relation}: sketch {state.sketch}, score {score:.3f}; differs in "
                 + (", ".join(changed) if changed else "nothing")
             )
+        lines += _history_lines(context)
         lines += [
             "",
             f"Propose {count} different transformations of the current schedule. Actions:",
@@ -317,3 +321,55 @@ class LLMProposer:
             fallback_rate=round(self.fallbacks / self.proposed, 3) if self.proposed else 0.0,
         )
         return stats
+
+
+_LINEAGE_STEPS = 8  # the latest steps of a node's lineage shown in the prompt
+
+
+def _history_lines(context: Context[ScheduleState]) -> list[str]:
+    """The measured history: the node's lineage (root first) with real latencies and each
+    measured step's speed-up over the last measured one before it, and the transformations that
+    made a new best in this search. Empty when the search passed no history."""
+    lines: list[str] = []
+    if context.lineage:
+        shown = context.lineage[-_LINEAGE_STEPS:]
+        hidden = len(context.lineage) - len(shown)
+        lines += [
+            "",
+            "Measured history of this schedule's lineage (root first, this schedule last; real timings):",
+        ]
+        if hidden:
+            lines.append(f"  ... {hidden} earlier step(s)")
+        previous = next(
+            (
+                s.latency
+                for s in reversed(context.lineage[:hidden])
+                if s.latency is not None and not s.failed
+            ),
+            None,
+        )
+        for step in shown:
+            who = "" if step.source in ("", "root", step.action) else f" ({step.source})"
+            if step.failed:
+                outcome = "failed (did not build, or gave a wrong result)"
+            elif step.latency is None:
+                outcome = "not measured yet"
+            else:
+                outcome = f"{step.latency * 1e3:.4g} ms"
+                if previous is not None:
+                    outcome += f", {previous / step.latency:.2f}x the speed of the last measured step before it"
+                previous = step.latency
+            lines.append(f"  {step.action}{who}: {outcome}")
+    if context.lineage or context.helped:
+        lines.append("")
+        if context.helped:
+            lines.append(
+                "Transformations that made a new best schedule in this search (oldest first):"
+            )
+            lines += [
+                f"  {action}: {speedup:.2f}x faster than the best before it"
+                for action, speedup in context.helped
+            ]
+        else:
+            lines.append("No transformation has improved on the first measured schedule yet.")
+    return lines

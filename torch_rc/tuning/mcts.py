@@ -1,7 +1,8 @@
 """A pure Monte Carlo tree search kernel over program states (the Reasoning Compiler's search).
 
 The kernel knows nothing of TVM: a state is any hashable value; a :class:`Proposer` turns a node
-(with its ancestors' states and scores) into candidate transformations; a :class:`CostModel`
+(with its ancestors' states and scores, its lineage's measured latencies and the moves that made
+new bests) into candidate transformations; a :class:`CostModel`
 predicts a reward in [0, 1] for states; a measure function returns a real latency (or None for a
 failed candidate). Each round selects a leaf by UCT, expands it with up to ``branching`` proposals,
 scores them with the cost model and backpropagates; every ``measure_every`` expansions the most
@@ -30,10 +31,20 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-__all__ = ["Proposal", "Context", "Proposer", "CostModel", "Node", "SearchResult", "search"]
+__all__ = [
+    "Proposal",
+    "Step",
+    "Context",
+    "Proposer",
+    "CostModel",
+    "Node",
+    "SearchResult",
+    "search",
+]
 
 S = TypeVar("S", bound=Hashable)
 _EMPTY_EXPANSIONS_TO_EXHAUST = 3
+_HELPED_IN_CONTEXT = 8  # the latest new bests a proposer is shown
 
 
 @dataclass(frozen=True)
@@ -47,9 +58,25 @@ class Proposal(Generic[S]):
     next_model: str = ""  # a model pool's joint action: who should expand this child next
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a node's lineage as measured: the action that made it, who proposed it, and
+    its real latency in seconds (None: not measured yet, or the candidate failed)."""
+
+    action: str
+    source: str
+    latency: float | None = None
+    failed: bool = False
+
+
 @dataclass(frozen=True)
 class Context(Generic[S]):
-    """What a proposer sees: the node's state and score, and its ancestors' (nearest first)."""
+    """What a proposer sees: the node's state and score, and its ancestors' (nearest first).
+
+    ``lineage`` is the measured history of the path from the root to the node (root first, the
+    node last); ``helped`` the transformations that made a new best in this search so far, each
+    with its speedup over the best before it (oldest first).
+    """
 
     state: S
     score: float
@@ -58,6 +85,8 @@ class Context(Generic[S]):
     source: str = ""  # who proposed this node
     next_model: str = ""  # the model its proposer asked to expand it next
     ancestor_sources: tuple[str, ...] = ()  # who proposed each ancestor, nearest first
+    lineage: tuple[Step, ...] = ()
+    helped: tuple[tuple[str, float], ...] = ()
 
 
 class Proposer(Protocol[S]):
@@ -203,6 +232,7 @@ def search(
 
     measured: list[Node[S]] = []
     improvements: list[tuple[int, str]] = []
+    helped: list[tuple[str, float]] = []  # (action, speedup over the previous best) of new bests
 
     def set_reward(node: Node[S], reward: float) -> None:
         # Replace the node's own contribution; its ancestors' sums change by the same delta.
@@ -240,6 +270,8 @@ def search(
         else:
             measured.append(node)
             if latency < fastest[0]:
+                if math.isfinite(fastest[0]):
+                    helped.append((node.action or "root", fastest[0] / latency))
                 fastest[0] = latency
                 best[0] = node
                 improvements.append((samples[0], node.source or "root"))
@@ -336,6 +368,8 @@ def search(
             leaf.source,
             leaf.next_model,
             tuple(n.source for n in path[-context_depth - 1 : -1][::-1]),
+            tuple(Step(n.action or "root", n.source or "root", n.latency, n.failed) for n in path),
+            tuple(helped[-_HELPED_IN_CONTEXT:]),
         )
         proposals = [p for p in proposer.propose(context, branching, rng) if p.state not in seen]
         expansions += 1
