@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.tuning.workloads import matmul
+from tests.tuning.workloads import matmul, row_softmax
 from torch_rc.platform.hardware import host_hardware
 from torch_rc.platform.tvm_shim import tvm_api
 from torch_rc.tuning.measure import Measurer
@@ -113,3 +113,84 @@ def test_a_resumed_search_spends_exact_rounds_and_never_measures_a_state_twice(s
     if method == "mcts":
         # Later rounds start from the best state so far: its path keeps growing from there.
         assert result.steps and result.steps[-1].latency_s == result.best_latency_s
+
+
+def test_a_stalled_tree_hands_off_to_an_evolution_seeded_with_its_measurements(space):
+    """After ``handoff`` samples without a new best the rest goes to MetaSchedule's evolution:
+    exact sample counts over rounds, the tree's records in its database, nothing measured twice."""
+    import tvm_ffi
+
+    from torch_rc.tuning.tuner import TaskSearch
+
+    measurer = Measurer(space.target, repeats=1, min_repeat_ms=1)
+    measured: list[int] = []
+    one = measurer.measure
+
+    def measure(source, mod, **kwargs):  # measure_many goes through this too
+        if kwargs.get("count", True):
+            measured.append(tvm_ffi.structural_hash(mod))
+        return one(source, mod, **kwargs)
+
+    measurer.measure = measure
+    hw = host_hardware()
+    search = TaskSearch(
+        space, measurer, proposer=RuleProposer(space, hw), hardware=hw, seed=0, handoff=2
+    )
+    spent = [search.step(10), search.step(14)]
+    tree_best = min(lat for lat in search._known.values() if lat is not None)
+    result = search.finish()
+    assert spent == [10, 14] and result.samples == 24 == measurer.count == len(measured)
+    handed = result.stats["handoff_at"]
+    assert 2 <= handed < 24 and 0 < result.stats["handoff_seeded"] <= handed
+    assert len(set(measured)) == len(measured)  # the evolution never re-measures the tree's
+    latencies = [latency for _, latency in result.curve]
+    assert latencies == sorted(latencies, reverse=True) and latencies[-1] <= tree_best
+    assert result.best_measurement.check.passed
+    if result.best_latency_s < tree_best:  # the evolution found the best: its path says so
+        assert result.steps[-1].source == "evolutionary"
+
+
+@pytest.mark.parametrize("workload", ["matmul", "row_softmax"])
+def test_the_evolution_after_a_handoff_starts_from_the_tree_records(space, workload):
+    """The records replay in the evolution's own population (a row softmax's reduction states
+    once failed there: their postprocessed traces do not replay on the bare workload)."""
+    from torch_rc.tuning.tuner import TaskSearch
+
+    if workload == "row_softmax":
+        space = DesignSpace(row_softmax(64, 128), space.target, seed=1)
+    measurer = Measurer(space.target, repeats=1, min_repeat_ms=1)
+    hw = host_hardware()
+    search = TaskSearch(
+        space, measurer, proposer=RuleProposer(space, hw), hardware=hw, seed=1, handoff=1
+    )
+    search.step(12)
+    search.step(8)  # a second round of the evolution: its population drew from the records
+    assert search._handed_off and search._evolution is not None
+    _, _, database, workload, _, _ = search._evolution
+    tree = {lat for lat in search._known.values() if lat is not None}
+    records = [float(record.run_secs[0]) for record in database.get_top_k(workload, 1000)]
+    assert tree <= set(records)  # every verified tree measurement is a record it evolves from
+
+
+def test_a_failing_evolution_after_the_handoff_leaves_the_tree_to_finish(space, caplog):
+    """A TVM error inside MetaSchedule (a fault on demand here) costs no sample and no run."""
+    from torch_rc.tuning.tuner import TaskSearch
+
+    measurer = Measurer(space.target, repeats=1, min_repeat_ms=1)
+    hw = host_hardware()
+    search = TaskSearch(
+        space, measurer, proposer=RuleProposer(space, hw), hardware=hw, seed=0, handoff=1
+    )
+
+    def broken(context, database, workload, cost_model, args_info):
+        raise RuntimeError("parallel_for_dynamic error with Check failed: (5 vs. 4)")
+
+    search._seed_evolution = broken
+    assert search.step(10) == 10 == measurer.count
+    result = search.finish()
+    assert result.stats["handoff_failed"] == (
+        "RuntimeError: parallel_for_dynamic error with Check failed: (5 vs. 4)"
+    )
+    assert "handoff_at" in result.stats and not search._handed_off
+    assert "evolution after the hand-off failed" in caplog.text
+    assert result.best_measurement.check.passed and result.samples == 10

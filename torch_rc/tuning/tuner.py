@@ -10,6 +10,7 @@ proposer's accounting; Ctrl-C or the wall-clock limit end a run early and keep w
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -26,6 +27,8 @@ from torch_rc.tuning.measure import Measurement, Measurer
 from torch_rc.tuning.remote import TrackerGone
 from torch_rc.tuning.rules import RuleProposer, output_bits, rule_score
 from torch_rc.tuning.space import DesignSpace, ScheduleState
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["METHODS", "Step", "TaskSearch", "TuneResult", "tune_workload"]
 
@@ -143,6 +146,7 @@ def tune_workload(
     rollout_depth: int = 0,
     transfer: Any = (),
     blocking: bool = False,
+    handoff: int = 0,
 ) -> TuneResult:
     """Tune ``space``'s workload with ``trials`` real measurements (one :class:`TaskSearch`
     run to the end).
@@ -165,6 +169,7 @@ def tune_workload(
         rollout_depth=rollout_depth,
         transfer=transfer,
         blocking=blocking,
+        handoff=handoff,
     )
     deadline = time.monotonic() + time_limit_s if time_limit_s else None
     task.step(trials, deadline)
@@ -179,6 +184,13 @@ class TaskSearch:
     measured states (never measured twice) and the random generator: an iterated search whose
     statistics stay grounded in real measurements. The evolutionary baseline keeps
     MetaSchedule's search strategy and continues it.
+
+    With ``handoff`` > 0, an MCTS search that has gone ``handoff`` samples without a new best
+    hands the rest of its samples to MetaSchedule's evolutionary search, seeded with everything
+    the tree measured: the records fill its database (its initial population draws the best of
+    them), they train its cost model, and states the tree measured are never measured again. The
+    tree finds good schedules in few samples; the evolution's population screens thousands of
+    mutations of them per measured batch, which is what keeps improving at larger budgets.
 
     Raises:
         ValueError: Unknown ``method``, or ``mcts`` without a proposer and hardware.
@@ -201,6 +213,7 @@ class TaskSearch:
         rollout_depth: int = 0,
         transfer: Any = (),
         blocking: bool = False,
+        handoff: int = 0,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
@@ -213,6 +226,13 @@ class TaskSearch:
         self.branching, self.exploration = branching, exploration
         self.context_depth, self.warmup = context_depth, warmup
         self.rollout_depth = rollout_depth
+        if handoff < 0:
+            raise ValueError(f"handoff must be >= 0 (0: never), got {handoff}")
+        self.handoff = handoff if method == "mcts" else 0
+        self._handed_off = False
+        # Structural hashes of the modules the tree measured, with their latencies: the evolution
+        # after a hand-off reuses them instead of measuring them again.
+        self._measured_mods: dict[int, float | None] = {}
         # Starting points adapted from tuned workloads (torch_rc.tuning.transfer), measured first.
         self._transfer = [s for s in transfer if space.legal(s)]
         if self._transfer:
@@ -257,10 +277,13 @@ class TaskSearch:
             self.proposer.set_deadline(deadline)  # the time limit holds inside LLM calls too
         start = time.monotonic()
         try:
-            if self.method == "mcts":
+            if self.method == "mcts" and not self._handed_off:
                 self._mcts_round(trials)
-            else:
-                self._evolutionary_round(trials)
+            left = before + trials - self.result.samples
+            if self.method == "evolutionary" and left > 0:
+                self._evolutionary_round(left)
+            elif self._handed_off and left > 0:
+                self._evolve_after_handoff(before + trials)
         except KeyboardInterrupt:
             self.result.interrupted = True
         except TrackerGone:  # the fleet is gone: keep what was measured, let the run end
@@ -282,6 +305,37 @@ class TaskSearch:
             self.result.stats = {**dict(self.proposer.stats()), **self.result.stats}
         return self.result
 
+    def _evolve_after_handoff(self, goal: int) -> None:
+        """The evolution's share of a handed-off search; should TVM fail in it, the tree goes on
+        (the failure is logged and kept in ``stats["handoff_failed"]``)."""
+        try:
+            self._evolutionary_round(goal - self.result.samples)
+        except (KeyboardInterrupt, TrackerGone):
+            raise
+        except Exception as exc:  # a TVM error inside MetaSchedule: keep tuning with the tree
+            message = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1][:300]}"
+            logger.warning(
+                "torch_rc: evolution after the hand-off failed (%s); MCTS goes on", message
+            )
+            self.result.stats["handoff_failed"] = message
+            self._handed_off, self.handoff, self._evolution = False, 0, None
+            if goal > self.result.samples:
+                self._mcts_round(goal - self.result.samples)
+
+    def _stalled(self) -> bool:
+        """True (and the search hands off) once ``handoff`` samples brought no new best."""
+        if self.handoff <= 0 or self._handed_off:
+            return self._handed_off
+        best = self.result.best_latency_s
+        if best is None:
+            since = self.result.samples
+        else:
+            since = self.result.samples - next(n for n, lat in self.result.curve if lat <= best)
+        if since >= self.handoff:
+            self._handed_off = True
+            self.result.stats["handoff_at"] = self.result.samples
+        return self._handed_off
+
     # -------------------------------------------------------------------------------- MCTS
     def _mcts_round(self, trials: int) -> None:
         space, measurer, tracker = self.space, self.measurer, self.tracker
@@ -301,7 +355,9 @@ class TaskSearch:
                 return None
             measurement = measurer.measure(space.mod, sch.mod)
             tracker.add(measurement, sch.trace)
-            return measurement.latency_s if measurement.ok else None
+            latency = measurement.latency_s if measurement.ok else None
+            self._remember(sch.mod, latency)
+            return latency
 
         def measure_many(states: Sequence[ScheduleState]) -> list[float | None]:
             """A batch at once, over a fleet's servers (same accounting as ``measure``)."""
@@ -318,6 +374,7 @@ class TaskSearch:
                 measurement = next(measured)
                 tracker.add(measurement, sch.trace)
                 latencies.append(measurement.latency_s if measurement.ok else None)
+                self._remember(sch.mod, latencies[-1])
             return latencies
 
         parallel = getattr(measurer, "parallelism", 1) > 1
@@ -340,7 +397,7 @@ class TaskSearch:
             branching=self.branching,
             context_depth=self.context_depth,
             actions=space.actions,
-            should_stop=tracker.out_of_time,
+            should_stop=lambda: tracker.out_of_time() or self._stalled(),
             select=getattr(self.proposer, "select", None),
             known=self._known,
             rollout=self._rollouts.neighbours if self._rollouts is not None else None,
@@ -366,6 +423,10 @@ class TaskSearch:
                 ]
                 self._best_state = best.state
 
+    def _remember(self, mod: Any, latency: float | None) -> None:
+        if self.handoff > 0:
+            self._measured_mods[_structural_hash(mod)] = latency
+
     # ------------------------------------------------------------------------ evolutionary
     def _evolutionary_round(self, trials: int) -> None:
         api = tvm_api()
@@ -386,6 +447,9 @@ class TaskSearch:
             database = ms.database.MemoryDatabase()
             workload = database.commit_workload(space.mod)
             cost_model = make_xgb_model(warmup=self.warmup, seed=43 + self.seed)
+            args_info = ms.arg_info.ArgInfo.from_prim_func(space.mod["main"])
+            if self._handed_off:
+                self._seed_evolution(context, database, workload, cost_model, args_info)
             strategy = context.search_strategy
             strategy.pre_tuning(
                 max_trials=1 << 30,  # rounds are bounded by step(); the strategy never stops us
@@ -394,7 +458,6 @@ class TaskSearch:
                 database=database,
                 cost_model=cost_model,
             )
-            args_info = ms.arg_info.ArgInfo.from_prim_func(space.mod["main"])
             self._evolution = (strategy, context, database, workload, cost_model, args_info)
         strategy, context, database, workload, cost_model, args_info = self._evolution
         goal = self.result.samples + trials
@@ -402,26 +465,84 @@ class TaskSearch:
             candidates = strategy.generate_measure_candidates()
             if not candidates:
                 break
-            candidates = list(candidates)[: goal - self.result.samples]
-            results = []
-            measurements = measurer.measure_many(space.mod, [c.sch.mod for c in candidates])
-            for candidate, measurement in zip(candidates, measurements, strict=True):
+            fresh: list[Any] = []
+            reused: dict[int, float | None] = {}
+            for index, candidate in enumerate(candidates):
+                key = _structural_hash(candidate.sch.mod) if self._measured_mods else None
+                if key is not None and key in self._measured_mods:
+                    reused[index] = self._measured_mods[key]  # measured by the tree: no sample
+                elif len(fresh) < goal - self.result.samples:
+                    fresh.append(candidate)
+            candidates = [c for i, c in enumerate(candidates) if i in reused] + fresh
+            latencies = [reused[i] for i in sorted(reused)]
+            before = self.result.best_latency_s
+            measurements = measurer.measure_many(space.mod, [c.sch.mod for c in fresh])
+            for candidate, measurement in zip(fresh, measurements, strict=True):
                 tracker.add(measurement, candidate.sch.trace)
                 ok = measurement.ok and measurement.latency_s is not None
-                run_secs = [measurement.latency_s] if ok else None
+                latencies.append(measurement.latency_s if ok else None)
+            results = []
+            for candidate, latency in zip(candidates, latencies, strict=True):
                 results.append(
                     ms.runner.RunnerResult(
-                        run_secs, None if ok else (measurement.error or "failed")
+                        [latency] if latency is not None else None,
+                        None if latency is not None else "failed",
                     )
                 )
-                if ok:
+                if latency is not None:
                     database.commit_tuning_record(
                         ms.database.TuningRecord(
-                            candidate.sch.trace, workload, run_secs, space.target, args_info
+                            candidate.sch.trace, workload, [latency], space.target, args_info
                         )
                     )
             cost_model.update(context, candidates, results)
             strategy.notify_runner_results(candidates, results)
+            best = self.result.best_latency_s
+            if self._handed_off and best is not None and (before is None or best < before):
+                self._note_evolved(best)
+
+    def _seed_evolution(
+        self, context: Any, database: Any, workload: Any, cost_model: Any, args_info: Any
+    ) -> None:
+        """Give the evolution what the tree measured: database records and cost-model data."""
+        ms = tvm_api().s_tir.meta_schedule
+        candidates, results = [], []
+        for state, latency in self._known.items():
+            sch = self.space.schedule(state)
+            if sch is None:
+                continue
+            candidates.append(ms.MeasureCandidate(sch, args_info))
+            ok = latency is not None and math.isfinite(latency) and latency > 0
+            results.append(
+                ms.runner.RunnerResult([latency] if ok else None, None if ok else "failed")
+            )
+            if ok:
+                # The state's trace before postprocessing: the evolution replays records on the
+                # bare workload and postprocesses them itself (``sch.trace`` holds the
+                # postprocessors' instructions without the marker that strips them, and fails to
+                # replay on row reductions).
+                database.commit_tuning_record(
+                    ms.database.TuningRecord(
+                        self.space.trace(state), workload, [latency], self.space.target, args_info
+                    )
+                )
+        if candidates:
+            cost_model.update(context, candidates, results)
+        self.result.stats["handoff_seeded"] = len(candidates)
+
+    def _note_evolved(self, latency: float) -> None:
+        """The best now comes from the evolution: its path is the tree's best, then evolution."""
+        steps = [s for s in self.result.steps if s.source != "evolutionary"]
+        rationale = "MetaSchedule evolution seeded with the tree's measured schedules"
+        self.result.steps = steps + [Step("evolve", "evolutionary", rationale, latency)]
+        counts = self.result.stats.setdefault("improvements_by_source", {})
+        counts["evolutionary"] = counts.get("evolutionary", 0) + 1
+
+
+def _structural_hash(mod: Any) -> int:
+    import tvm_ffi  # loaded with TVM by then (tvm_api() imported it)
+
+    return int(tvm_ffi.structural_hash(mod))
 
 
 def _count_sources(improvements: list[tuple[int, str]]) -> dict[str, int]:
