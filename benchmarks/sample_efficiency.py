@@ -17,7 +17,10 @@ seeds:
 
 ``mcts`` and ``mcts-transfer`` also start from the tiles :mod:`torch_rc.tuning.blocking` derives
 from the machine (as a tuning session does); ``--ablate-blocking`` adds ``mcts-noblock``, the
-same search without them (MCTS from the rules' pick of random states only).
+same search without them (MCTS from the rules' pick of random states only). With ``--handoff N``
+MCTS methods hand their remaining samples to MetaSchedule's evolution (seeded with the tree's
+measurements) after N samples without a new best (option ``tune_handoff``; sessions do not by
+default); ``--ablate-handoff`` then adds ``mcts-nohandoff``, the tree alone to the end.
 
 ``mcts-transfer`` first tunes the kernel's *source* (the same operator at another shape, see
 KERNELS) with MCTS for ``--source-samples`` samples (not counted: that is earlier work a cache
@@ -47,12 +50,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from torch_rc.options import Options
+
 CHECKPOINTS = (8, 16, 32, 64, 128, 256, 512, 1024)
 COLORS = {
     "evolutionary": "C0",
     "mcts": "C1",
     "mcts-transfer": "C2",
     "mcts-noblock": "C7",
+    "mcts-nohandoff": "C8",
     "mcts-llm": "C3",
     "pool": "C4",
     "single-small": "C5",
@@ -188,6 +194,7 @@ def _source_traces(source: Any, target: Any, hw: Any, seed: int, samples: int, a
         trials=samples,
         seed=seed,
         blocking=True,
+        handoff=args.handoff,
     )
     if result.best_trace is None:
         return []
@@ -230,6 +237,7 @@ def run(args: Any) -> dict:
     target = tvm_api().cpu_target(hw.cores)
     methods = ["evolutionary", "mcts", "mcts-transfer"] + (["mcts-llm"] if args.llm_url else [])
     methods += ["mcts-noblock"] if args.ablate_blocking else []
+    methods += ["mcts-nohandoff"] if args.ablate_handoff else []
     pool_models: list = []
     if args.pool:
         from torch_rc.tuning.pool import parse_pool
@@ -245,6 +253,7 @@ def run(args: Any) -> dict:
         "source_samples": args.source_samples,
         "torch": torch.__version__,
         "rollout_depth": args.rollout_depth,
+        "handoff": args.handoff,
         "threads": hw.cores,
         "kernels": {},
     }
@@ -299,6 +308,7 @@ def run(args: Any) -> dict:
                     transfer=transfer,
                     blocking=method != "mcts-noblock",
                     rollout_depth=args.rollout_depth,
+                    handoff=0 if method == "mcts-nohandoff" else args.handoff,
                 )
                 seconds = time.monotonic() - start
                 entry["runs"].setdefault(method, []).append(
@@ -543,6 +553,19 @@ def main() -> None:
         action="store_true",
         help="add mcts-noblock: MCTS without the starting tiles derived from the machine",
     )
+    parser.add_argument(
+        "--handoff",
+        type=int,
+        default=Options().tune_handoff,
+        help="MCTS hands its remaining samples to MetaSchedule's evolution, seeded with what the "
+        "tree measured, after this many samples without a new best (default "
+        f"{Options().tune_handoff}, as tuning sessions: option tune_handoff; 0: never)",
+    )
+    parser.add_argument(
+        "--ablate-handoff",
+        action="store_true",
+        help="add mcts-nohandoff: MCTS that never hands off to the evolution (needs --handoff)",
+    )
     parser.add_argument("--skip", default="", help="methods to leave out, e.g. evolutionary")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--min-repeat-ms", type=int, default=10)
@@ -566,6 +589,10 @@ def main() -> None:
         "the table and rewrite summary.txt and curves.png beside it",
     )
     args = parser.parse_args()
+    if args.handoff < 0:
+        parser.error(f"--handoff must be >= 0, got {args.handoff}")
+    if args.ablate_handoff and not args.handoff:
+        parser.error("--ablate-handoff compares against --handoff N: give N > 0")
     if args.summarise:
         path = Path(args.summarise)
         path = path / "results.json" if path.is_dir() else path

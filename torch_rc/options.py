@@ -75,6 +75,7 @@ TUNING_OPTIONS = frozenset(
         "tune_rollout_depth",
         "tune_transfer",
         "tune_blocking",
+        "tune_handoff",
         "tune_seed",
         "tune_drivers",
         "tune_driver_index",
@@ -151,6 +152,11 @@ class Options:
             (register tile sized to the vector registers, reduction depth and cache tiles to
             L1/L2, outer loops to the cores: :mod:`torch_rc.tuning.blocking`); up to two
             samples per kernel.
+        tune_handoff: An MCTS search that has gone this many samples without a new best hands
+            the rest of its samples to MetaSchedule's evolutionary search, seeded with every
+            schedule the tree measured (database records and cost-model data; nothing measured
+            twice). 0 (default): the tree to the end; off until the benchmark shows a gain
+            (docs/tuning.md "Hand-off to the evolution").
         tune_seed: Seed of the search.
         tune_drivers: Tuning processes sharing one model's kernels (README "Tuning on a fleet"):
             each tunes the kernels whose workload key falls to it (key hash modulo this), and
@@ -212,6 +218,7 @@ class Options:
     tune_rollout_depth: int = 0
     tune_transfer: bool = True
     tune_blocking: bool = True
+    tune_handoff: int = 0
     tune_seed: int = 0
     tune_drivers: int = 1
     tune_driver_index: int = 0
@@ -264,6 +271,7 @@ class Options:
             "tune_total_s",
             "tune_context_depth",
             "tune_rollout_depth",
+            "tune_handoff",
         ):
             if getattr(self, name) < 0:
                 raise OptionsError(f"option {name!r} must be >= 0, got {getattr(self, name)}")

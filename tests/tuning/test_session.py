@@ -39,11 +39,14 @@ def _compile(model, x, options):
 
 def test_tune_stores_verified_records_and_later_compiles_use_them(tmp_path):
     model, x = MLP().eval(), torch.randn(32, 256)
-    options = {**STRICT_TVM, "cache_dir": str(tmp_path), "progress": False}
+    # tune_handoff=1: a tree that goes one sample without a new best hands off to the evolution
+    # (every sample a new best, for both kernels, is not what 8 samples each give).
+    options = {**STRICT_TVM, "cache_dir": str(tmp_path), "progress": False, "tune_handoff": 1}
     report = torch_rc.tune(model, [x], trials=16, options=options)
     assert report.max_abs_error is not None and report.max_abs_error < FP32_ATOL
     tuned = [t for t in report.tasks if t.status == "tuned"]
     assert len(tuned) == 2  # the two fused matmul kernels; the weight transposes are too small
+    assert any("handoff_at" in t.result.stats for t in tuned)
     assert sum(t.trials for t in tuned) <= 16 and report.samples == sum(
         t.result.samples for t in tuned
     )
@@ -87,6 +90,8 @@ def test_serving_mode_never_tunes(tmp_path):
 def test_options_name_bad_tuning_values_and_llm_dict_expands(monkeypatch):
     with pytest.raises(torch_rc.OptionsError, match="'trials' must be >= 0"):
         Options.resolve({"trials": -1})
+    with pytest.raises(torch_rc.OptionsError, match="'tune_handoff' must be >= 0"):
+        Options.resolve({"tune_handoff": -1})
     with pytest.raises(torch_rc.OptionsError, match="did you mean 'trials'"):
         Options.resolve({"trails": 5})
     with pytest.raises(torch_rc.OptionsError, match="llm_modle"):

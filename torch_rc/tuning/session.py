@@ -460,6 +460,7 @@ def _start_search(
             transfer=transfer,
             blocking=options.tune_blocking,
             rollout_depth=options.tune_rollout_depth,
+            handoff=options.tune_handoff,
             method=options.tune_method,
             proposer=_proposer(space, options, hardware),
             hardware=hardware,
