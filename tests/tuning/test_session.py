@@ -39,14 +39,11 @@ def _compile(model, x, options):
 
 def test_tune_stores_verified_records_and_later_compiles_use_them(tmp_path):
     model, x = MLP().eval(), torch.randn(32, 256)
-    # tune_handoff=1: a tree that goes one sample without a new best hands off to the evolution
-    # (every sample a new best, for both kernels, is not what 8 samples each give).
-    options = {**STRICT_TVM, "cache_dir": str(tmp_path), "progress": False, "tune_handoff": 1}
+    options = {**STRICT_TVM, "cache_dir": str(tmp_path), "progress": False}
     report = torch_rc.tune(model, [x], trials=16, options=options)
     assert report.max_abs_error is not None and report.max_abs_error < FP32_ATOL
     tuned = [t for t in report.tasks if t.status == "tuned"]
     assert len(tuned) == 2  # the two fused matmul kernels; the weight transposes are too small
-    assert any("handoff_at" in t.result.stats for t in tuned)
     assert sum(t.trials for t in tuned) <= 16 and report.samples == sum(
         t.result.samples for t in tuned
     )
@@ -299,3 +296,19 @@ def test_an_unscheduled_kernel_faster_than_every_schedule_is_stored_and_built(tm
     )
     _conclude(task, None, target.target, "builtin")
     assert task.status == "tuned"
+
+
+def test_sessions_pass_the_handoff_option_to_each_search():
+    from types import SimpleNamespace
+
+    from tests.tuning.workloads import matmul
+    from torch_rc.platform.hardware import host_hardware
+    from torch_rc.platform.tvm_shim import tvm_api
+    from torch_rc.tuning.measure import Measurer
+    from torch_rc.tuning.session import _start_search
+
+    task = SimpleNamespace(mod=matmul(16, 32, 32), name="matmul")
+    measurer = Measurer(tvm_api().cpu_target(2))
+    for given, expected in (({}, 0), ({"tune_handoff": 24}, 24)):
+        search = _start_search(task, Options.resolve(given), host_hardware(), measurer, [])
+        assert search is not None and search.handoff == expected

@@ -230,8 +230,8 @@ class TaskSearch:
             raise ValueError(f"handoff must be >= 0 (0: never), got {handoff}")
         self.handoff = handoff if method == "mcts" else 0
         self._handed_off = False
-        # Structural hashes of the modules the tree measured, with their latencies: the evolution
-        # after a hand-off reuses them instead of measuring them again.
+        # Structural hashes of the modules the tree measured, with their latencies (filled at the
+        # hand-off): the evolution reuses them instead of measuring them again.
         self._measured_mods: dict[int, float | None] = {}
         # Starting points adapted from tuned workloads (torch_rc.tuning.transfer), measured first.
         self._transfer = [s for s in transfer if space.legal(s)]
@@ -355,9 +355,7 @@ class TaskSearch:
                 return None
             measurement = measurer.measure(space.mod, sch.mod)
             tracker.add(measurement, sch.trace)
-            latency = measurement.latency_s if measurement.ok else None
-            self._remember(sch.mod, latency)
-            return latency
+            return measurement.latency_s if measurement.ok else None
 
         def measure_many(states: Sequence[ScheduleState]) -> list[float | None]:
             """A batch at once, over a fleet's servers (same accounting as ``measure``)."""
@@ -374,7 +372,6 @@ class TaskSearch:
                 measurement = next(measured)
                 tracker.add(measurement, sch.trace)
                 latencies.append(measurement.latency_s if measurement.ok else None)
-                self._remember(sch.mod, latencies[-1])
             return latencies
 
         parallel = getattr(measurer, "parallelism", 1) > 1
@@ -423,10 +420,6 @@ class TaskSearch:
                 ]
                 self._best_state = best.state
 
-    def _remember(self, mod: Any, latency: float | None) -> None:
-        if self.handoff > 0:
-            self._measured_mods[_structural_hash(mod)] = latency
-
     # ------------------------------------------------------------------------ evolutionary
     def _evolutionary_round(self, trials: int) -> None:
         api = tvm_api()
@@ -473,26 +466,30 @@ class TaskSearch:
                     reused[index] = self._measured_mods[key]  # measured by the tree: no sample
                 elif len(fresh) < goal - self.result.samples:
                     fresh.append(candidate)
+            # The tree's measurements (already records since the hand-off) go to the strategy
+            # and the cost model again, as results of its own candidates.
             candidates = [c for i, c in enumerate(candidates) if i in reused] + fresh
-            latencies = [reused[i] for i in sorted(reused)]
+            results = [
+                ms.runner.RunnerResult(
+                    None if lat is None else [lat], "failed" if lat is None else None
+                )
+                for lat in (reused[i] for i in sorted(reused))
+            ]
             before = self.result.best_latency_s
             measurements = measurer.measure_many(space.mod, [c.sch.mod for c in fresh])
             for candidate, measurement in zip(fresh, measurements, strict=True):
                 tracker.add(measurement, candidate.sch.trace)
                 ok = measurement.ok and measurement.latency_s is not None
-                latencies.append(measurement.latency_s if ok else None)
-            results = []
-            for candidate, latency in zip(candidates, latencies, strict=True):
+                run_secs = [measurement.latency_s] if ok else None
                 results.append(
                     ms.runner.RunnerResult(
-                        [latency] if latency is not None else None,
-                        None if latency is not None else "failed",
+                        run_secs, None if ok else (measurement.error or "failed")
                     )
                 )
-                if latency is not None:
+                if ok:
                     database.commit_tuning_record(
                         ms.database.TuningRecord(
-                            candidate.sch.trace, workload, [latency], space.target, args_info
+                            candidate.sch.trace, workload, run_secs, space.target, args_info
                         )
                     )
             cost_model.update(context, candidates, results)
@@ -511,6 +508,7 @@ class TaskSearch:
             sch = self.space.schedule(state)
             if sch is None:
                 continue
+            self._measured_mods[_structural_hash(sch.mod)] = latency
             candidates.append(ms.MeasureCandidate(sch, args_info))
             ok = latency is not None and math.isfinite(latency) and latency > 0
             results.append(
