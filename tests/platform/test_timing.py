@@ -66,6 +66,14 @@ def test_sampling_stops_at_the_budget():
     assert 2 * 3 <= len(calls) <= 2 * 6  # warm-up pairs plus the minimum of 3 rounds
 
 
+def test_a_tiny_kernel_is_timed_past_max_rounds_until_the_load_window_has_passed():
+    # 10 rounds of a ~10 us call take well under a millisecond: far too short a window to see
+    # other processes' CPU time (counted in 10 ms ticks), so rounds go on past max_rounds.
+    fn = busy(1e-5)
+    result = compare(fn, fn, (), min_rounds=3, max_rounds=10, budget_s=1.0)
+    assert result.rounds > 10
+
+
 def test_median_interval_is_distribution_free_order_statistics():
     samples = list(range(1, 101))  # median 50.5
     low, high = median_interval(samples)
@@ -90,12 +98,15 @@ def test_a_busy_neighbour_makes_any_verdict_provisional():
 
     x = torch.randn(128, 128)
     quiet_fast = compare(lambda a: a @ a @ a, lambda a: a @ a, [x])
+    spin = "print('spinning', flush=True)\nwhile True: pass"
     spinners = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
         for _ in range(os.cpu_count() or 1)
     ]
     try:
-        time.sleep(0.3)
+        for spinner in spinners:  # each one is past its start-up and spinning
+            assert spinner.stdout.readline().strip() == "spinning"
+        time.sleep(0.1)
         contended = compare(lambda a: a @ a @ a, lambda a: a @ a, [x])
     finally:
         for spinner in spinners:
