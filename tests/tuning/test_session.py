@@ -265,7 +265,7 @@ def test_an_unscheduled_kernel_faster_than_every_schedule_is_stored_and_built(tm
     task.unscheduled = _unscheduled(task.mod, task.default_s, measurer)
     task.result = TuneResult("mcts", "builtin", samples=2)  # every candidate failed
     database = make_database(SQLiteStore(tmp_path / "s.sqlite"), target.key)
-    _conclude(task, database, target.target, "builtin")
+    _conclude(task, database, target.target)
     assert task.status == "kept-unscheduled" and "unscheduled kernel" in task.error
     (record,) = database.get_all_tuning_records()
     assert len(record.trace.insts) == 0
@@ -294,7 +294,7 @@ def test_an_unscheduled_kernel_faster_than_every_schedule_is_stored_and_built(tm
         best_trace=record.trace,
         best_measurement=task.unscheduled,
     )
-    _conclude(task, None, target.target, "builtin")
+    _conclude(task, None, target.target)
     assert task.status == "tuned"
 
 

@@ -302,7 +302,7 @@ def _tune_modules(
         logger.warning("torch_rc: %s", exc)
     try:
         for task in profiled:
-            _conclude(task, database, target, run.proposer)
+            _conclude(task, database, target)
     except KeyboardInterrupt:
         run.interrupted = True
     if measurer is not None:
@@ -478,7 +478,7 @@ def _start_search(
         return None
 
 
-def _conclude(task: Task, database: Any, target: Any, proposer: str) -> None:
+def _conclude(task: Task, database: Any, target: Any) -> None:
     """Keep a tuned schedule only if it is verified and beats both the default schedule and
     the unscheduled kernel (when that was measured faster than the default); store the winner.
     """
