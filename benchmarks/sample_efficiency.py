@@ -275,6 +275,7 @@ def run(args: Any) -> dict:
             "torch_s": torch_s,
             "runs": {},
         }
+        results["kernels"][name] = entry  # filled run by run, written after each (see below)
         print(
             f"{name} ({kernel.about}; {count} kernel(s), the heaviest tuned): untuned "
             f"{untuned * 1e3:.3f} ms, torch_rc default {default * 1e3 if default else math.nan:.3f}"
@@ -329,9 +330,10 @@ def run(args: Any) -> dict:
                     + (f", transferred {extra['transferred']}" if extra else ""),
                     flush=True,
                 )
-        results["kernels"][name] = entry
-        if args.out:
-            Path(args.out, "results.json").write_text(json.dumps(results, indent=1))
+                if args.out:  # after every run: a stopped run keeps what it measured
+                    partial = Path(args.out, "results.json.partial")
+                    partial.write_text(json.dumps(results, indent=1))
+                    partial.replace(Path(args.out, "results.json"))
     return results
 
 
