@@ -122,6 +122,28 @@ def test_valid_answers_are_used_and_invalid_ones_fall_back_and_are_counted(space
     assert stats["fallbacks"] == 5 and stats["fallback_rate"] == round(5 / 6, 3)
 
 
+def test_a_proposal_that_recomputes_a_reduction_is_invalid():
+    """Moving a softmax's row max under the column loop replays, but redoes the max 128 times
+    over: counted invalid, and the built-in proposer fills in."""
+    from tests.tuning.test_space import _softmax_sketch0
+
+    space, state, locations = _softmax_sketch0()
+    maxelem = next(d for d in locations if d.block == "T_softmax_maxelem")
+    per_column = {"action": "set", "decision": f"d{maxelem.index}", "value": 1}
+    per_row = {"action": "set", "decision": f"d{maxelem.index}", "value": 0}
+    answer = json.dumps({"reasoning": "fuse", "proposals": [per_column, per_row]})
+    with scripted_endpoint([("ok", answer)]) as (url, _):
+        client = LLMClient(LLMConfig(base_url=url, model="scripted"))
+        client.dialect = "json_object_schema"
+        proposer = LLMProposer(space, host_hardware(), client)
+        proposals = proposer.propose(Context(state, 0.5, (), space.actions), 2, random.Random(0))
+    assert space.legal(space.set_decision(state, maxelem.index, 1))  # legal, yet refused
+    assert proposals[0].source == "llm:scripted"
+    assert proposals[0].state.value(maxelem.index) == 0
+    assert proposer.stats()["invalid"] == 1 and proposals[1].source == "builtin"
+    assert not any(space.recomputes(p.state) for p in proposals)
+
+
 def test_dead_endpoint_falls_back_to_the_builtin_proposer(space):
     client = LLMClient(LLMConfig(base_url="http://127.0.0.1:9/v1", model="gone"))
     proposer = LLMProposer(space, host_hardware(), client)

@@ -43,3 +43,23 @@ def test_proposals_are_legal_new_labeled_and_improve_the_rules_score():
     )
     assert rule_score(space, proposals[0].state, AVX2)[0] > rule_score(space, state, AVX2)[0]
     assert "rules score" in proposals[0].rationale
+
+
+def test_proposals_and_roots_never_recompute_a_reduction():
+    """Moving the row max or the exp-sum of a softmax under the column loop is one move away
+    and legal, but the built-in proposer does not offer it, nor is such a state a root."""
+    from tests.tuning.test_space import _softmax_sketch0
+    from torch_rc.tuning.tuner import _pick_root
+
+    space, state, _ = _softmax_sketch0()
+    proposer = RuleProposer(space, AVX2)
+    rng = random.Random(0)
+    neighbours = [s for s in proposer.neighbours(state, rng) if space.legal(s)]
+    assert any(space.recomputes(s) for s in neighbours)  # the test can fail
+    offered = []
+    for seed in range(6):
+        context = Context(state, 0.5, (), space.actions)
+        offered += proposer.propose(context, 4, random.Random(seed))
+    assert offered and not any(space.recomputes(p.state) for p in offered)
+    for seed in range(3):
+        assert not space.recomputes(_pick_root(space, AVX2, random.Random(seed)))

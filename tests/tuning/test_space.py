@@ -67,3 +67,31 @@ def test_concrete_settings_are_validated(space):
         space.set_decision(state, unroll.index, 7)
     with pytest.raises(ValueError, match="sketch 9 does not exist"):
         space.switch_sketch(9)
+
+
+def _softmax_sketch0():
+    from tests.tuning.workloads import row_softmax
+
+    space = DesignSpace(row_softmax(64, 128), tvm_api().cpu_target(2), seed=0)
+    state = space.initial_states()[0]
+    locations = [d for d in space.decisions[0] if d.kind == "compute_location"]
+    for decision in locations:
+        state = space.set_decision(state, decision.index, -1)  # each block at the root
+    return space, state, locations
+
+
+def test_a_reduction_under_a_loop_it_does_not_depend_on_is_counted_as_recomputed():
+    """The row max computed under its consumer's column loop runs once per column (128 times
+    over); under the row loop, or at the root, once."""
+    space, at_root, locations = _softmax_sketch0()
+    assert space.recomputation(at_root) == ("", 1.0) and not space.recomputes(at_root)
+    maxelem = next(d for d in locations if d.block == "T_softmax_maxelem")
+    per_column = space.set_decision(at_root, maxelem.index, 1)
+    assert space.legal(per_column)
+    assert space.recomputation(per_column) == ("T_softmax_maxelem_update", 128.0)
+    assert space.recomputes(per_column)
+    per_row = space.set_decision(at_root, maxelem.index, 0)
+    assert space.recomputation(per_row) == ("", 1.0)
+    # A matmul's tiles (every loop split, the reduction inside) redo nothing.
+    plain = DesignSpace(matmul(), tvm_api().cpu_target(2), seed=1)
+    assert all(plain.recomputation(s) == ("", 1.0) for s in plain.initial_states())

@@ -13,8 +13,9 @@ reasons briefly and answers JSON:
 
 In ``mutators`` mode (the paper's form) only ``mutate_*`` actions are offered and TVM draws the
 values. Each proposal is checked: the action is legal, the decision exists, the value is in range,
-the trace replays and the postprocessors accept it. Invalid proposals, failed calls and unparsable
-answers are counted, and the built-in proposer fills the gap (the **fallback rate** is reported).
+the trace replays, the postprocessors accept it and no reduction is recomputed over and over
+(``DesignSpace.recomputes``). Invalid proposals, failed calls and unparsable answers are counted,
+and the built-in proposer fills the gap (the **fallback rate** is reported).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch_rc.platform.hardware import AnyHardware
 from torch_rc.tuning.llm_client import LLMClient
 from torch_rc.tuning.mcts import Context, Proposal
 from torch_rc.tuning.rules import RuleProposer
-from torch_rc.tuning.space import DesignSpace, ScheduleState
+from torch_rc.tuning.space import MAX_RECOMPUTE, DesignSpace, ScheduleState
 
 __all__ = ["LLMProposer", "parse_answer", "top_up"]
 
@@ -238,6 +239,12 @@ class LLMProposer:
             return "no change"
         if not space.legal(new):
             return "schedule does not replay or a postprocessor rejects it"
+        block, times = space.recomputation(new)
+        if times > MAX_RECOMPUTE:
+            return (
+                f"recomputes reduction {block} {times:.0f} times over (a compute location "
+                "inside a loop its result does not depend on)"
+            )
         return label, new
 
     def propose(
@@ -279,6 +286,8 @@ class LLMProposer:
                 applied = self._apply(context.state, item, rng)
                 if isinstance(applied, str) or applied[1] in seen:
                     self.invalid += 1
+                    why = applied if isinstance(applied, str) else "a duplicate"
+                    logger.debug("torch_rc: invalid LLM proposal %.200s: %s", item, why)
                     continue
                 label, new = applied
                 seen.add(new)

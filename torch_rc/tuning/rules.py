@@ -258,6 +258,11 @@ class RuleProposer:
                 scored[new] = (float(predicted), label, {**parts, "model": float(predicted)})
         return sorted(scored.items(), key=lambda item: item[1][0], reverse=True)
 
+    def _offerable(self, state: ScheduleState) -> bool:
+        """Legal and not redoing a reduction (``DesignSpace.recomputes``): neither rules nor a
+        cost model trained on a few samples see that cost, and it can be 100x."""
+        return self.space.legal(state) and not self.space.recomputes(state)
+
     def _learned(self) -> bool:
         return self.model is not None and getattr(self.model, "trained", False)
 
@@ -269,7 +274,7 @@ class RuleProposer:
         score = rule_score(self.space, state, self.hardware)[0]
         for _ in range(steps):
             ranked = [item for item in self._scored(state, rng) if item[1][0] > score * 1.001]
-            ranked = [item for item in ranked if self.space.legal(item[0])][:1]
+            ranked = [item for item in ranked if self._offerable(item[0])][:1]
             if not ranked:
                 break
             state, (score, label, _) = ranked[0]
@@ -307,7 +312,7 @@ class RuleProposer:
             else:
                 pick = 0
             new, (score, label, parts) = ranked.pop(pick)
-            if not self.space.legal(new):
+            if not self._offerable(new):
                 continue
             if learned:
                 rationale = f"cost model predicts {score:.2f} of the best measured"

@@ -554,7 +554,8 @@ def _pick_root(
     space: DesignSpace, hardware: AnyHardware, rng: random.Random, samples: int = 64
 ) -> ScheduleState:
     """The start of the search: the best of ``samples`` random states under the hardware rules
-    (random walks of TVM's own mutators from each sketch; no measurement is spent on them)."""
+    (random walks of TVM's own mutators from each sketch; no measurement is spent on them),
+    skipping states that redo a reduction (``DesignSpace.recomputes``) while there are others."""
     states = space.initial_states()
     actions = list(space.mutator_probs)
     weights = list(space.mutator_probs.values())
@@ -568,4 +569,5 @@ def _pick_root(
             state = space.mutate(state, action, rng.randrange(1, 2**31 - 1)) or state
         candidates.append(state)
     ranked = sorted(set(candidates), key=lambda s: rule_score(space, s, hardware)[0], reverse=True)
-    return next((s for s in ranked if space.legal(s)), states[0])
+    sound = (s for s in ranked if space.legal(s) and not space.recomputes(s))
+    return next(sound, next((s for s in ranked if space.legal(s)), states[0]))
