@@ -118,9 +118,10 @@ def test_the_search_measures_the_blocked_tiles_right_after_its_root(space):
 
 def test_row_reductions_start_from_vector_partial_sums_fused_per_row():
     """A softmax (no multi-level tiling) gets reduction states: each reduction split into
-    (extent / lanes, lanes), producers under their consumer's row loop, unroll 16; they replay,
-    compute softmax (the measurer checks the result before timing) and the search measures them
-    right after its root. A matmul gets none (blocked_states covers it), nor does a GPU."""
+    (extent / (2 x lanes), 2 x lanes) (two vectors of partial sums; one where 2 x lanes does not
+    divide), producers under their consumer's row loop, unroll 64; they replay, compute softmax
+    (the measurer checks the result before timing) and the search measures them right after its
+    root. A matmul gets none (blocked_states covers it), nor does a GPU."""
     space = DesignSpace(row_softmax(64, 128), tvm_api().cpu_target(2), seed=0)
     states = reduction_states(space, AVX512, 32)
     assert len(states) == 2 and states == reduction_states(space, AVX512, 32)
@@ -129,12 +130,17 @@ def test_row_reductions_start_from_vector_partial_sums_fused_per_row():
         decisions = space.decisions[state.sketch]
         tiles = [d for d in decisions if d.kind == "tile"]
         assert len(tiles) == 2  # both reductions (max, sum) split for an rfactor
-        assert all(state.value(d.index) == (128 // 16, 16) for d in tiles)
+        assert all(state.value(d.index) == (128 // 32, 32) for d in tiles)
         assert all(state.value(d.index) == 0 for d in decisions if d.kind == "compute_location")
         unroll = next(d for d in decisions if d.kind == "unroll")
-        assert unroll.candidates[state.value(unroll.index)] == 16
-    # AVX2: 8 lanes.
-    assert all(v == (16, 8) for s in reduction_states(space, AVX2, 32) for _, v in s.decisions[:2])
+        assert unroll.candidates[state.value(unroll.index)] == 64
+        assert not space.recomputes(state)
+    # AVX2: 8 lanes, two vectors.
+    assert all(v == (8, 16) for s in reduction_states(space, AVX2, 32) for _, v in s.decisions[:2])
+    # A row of 48: three 16-lane vectors, not a multiple of two: one vector of partial sums.
+    odd = DesignSpace(row_softmax(64, 48), tvm_api().cpu_target(2), seed=0)
+    assert all(v == (3, 16) for s in reduction_states(odd, AVX512, 32) for _, v in s.decisions[:2])
+    assert reduction_states(odd, AVX512, 32)
     assert reduction_states(space, gpu_hardware(KNOWN_GPUS["h100"]), 32) == []
     tiled = DesignSpace(matmul(), tvm_api().cpu_target(2), seed=0)
     assert reduction_states(tiled, AVX512, 32) == []
