@@ -273,11 +273,12 @@ class RuleProposer:
         labels: list[str] = []
         score = rule_score(self.space, state, self.hardware)[0]
         for _ in range(steps):
-            ranked = [item for item in self._scored(state, rng) if item[1][0] > score * 1.001]
-            ranked = [item for item in ranked if self._offerable(item[0])][:1]
-            if not ranked:
+            better = (item for item in self._scored(state, rng) if item[1][0] > score * 1.001)
+            # The best-scored offerable move: replays only until one is found.
+            found = next((item for item in better if self._offerable(item[0])), None)
+            if found is None:
                 break
-            state, (score, label, _) = ranked[0]
+            state, (score, label, _) = found
             labels.append(label)
         return state, labels
 
