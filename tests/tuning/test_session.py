@@ -298,6 +298,72 @@ def test_an_unscheduled_kernel_faster_than_every_schedule_is_stored_and_built(tm
     assert task.status == "tuned"
 
 
+def test_a_default_schedule_that_tuning_could_not_beat_is_stored_and_built(tmp_path):
+    """kept-default: the default schedule's trace (checked to replay to the measured module)
+    becomes the kernel's record, so a later run finds the kernel tuned instead of tuning it
+    again, and the build applies it: the same kernel as with no records. A search cut short
+    (Ctrl-C, the time limit) stores nothing."""
+    from torch_rc.cache.ms_database import make_database
+    from torch_rc.cache.store import SQLiteStore
+    from torch_rc.passes.build import relax_pipeline
+    from torch_rc.platform.target import detect_target
+    from torch_rc.tuning.measure import Measurer
+    from torch_rc.tuning.session import _conclude, _measure_default, extract_tasks
+    from torch_rc.tuning.tuner import TuneResult
+
+    options = Options.resolve({})
+    target = detect_target(options, torch.device("cpu"))
+    mod = _relu_exp_relax()
+    (task,) = extract_tasks([mod], target.target)
+    measurer = Measurer(target.target, repeats=2, min_repeat_ms=1)
+    task.default, task.default_trace = _measure_default(task.mod, measurer)
+    assert task.default is not None and task.default.ok and task.default.check.passed
+    assert task.default_trace is not None and len(task.default_trace.insts) > 0
+    task.default_s = task.default.latency_s
+
+    def lost(interrupted):  # a search whose best is slower than the default (on demand)
+        return TuneResult(
+            "mcts",
+            "builtin",
+            samples=4,
+            best_latency_s=task.default_s * 2,
+            best_trace=task.default_trace,
+            best_measurement=task.default,
+            interrupted=interrupted,
+        )
+
+    path = tmp_path / "s.sqlite"
+    task.result = lost(interrupted=True)
+    _conclude(task, make_database(SQLiteStore(path), target.key), target.target)
+    assert task.status == "kept-default"
+    assert not make_database(SQLiteStore(path), target.key).has_workload(task.mod)
+
+    task.result = lost(interrupted=False)
+    _conclude(task, make_database(SQLiteStore(path), target.key), target.target)
+    assert task.status == "kept-default" and "default schedule" in task.error
+    database = make_database(SQLiteStore(path), target.key)  # as a later run opens it
+    assert database.has_workload(task.mod)
+    (record,) = database.get_top_k(database.commit_workload(task.mod), 2)
+    assert len(record.trace.insts) == len(task.default_trace.insts)
+    (stored,) = SQLiteStore(path).best_records(task.key, target.key, 1)
+    assert stored.proposer == "default" and stored.samples == 4
+
+    def kernel(database=None):
+        if database is None:
+            with target.target:
+                lowered = relax_pipeline(target, options)(mod)
+        else:
+            with target.target, database:
+                lowered = relax_pipeline(target, options, tuned=True)(mod)
+        (name,) = [g for g in lowered.get_global_vars() if "relu" in g.name_hint]
+        return lowered[name]
+
+    import tvm_ffi
+
+    assert tvm_ffi.structural_equal(kernel(database).body, kernel().body)
+    assert "T.parallel" in kernel(database).script()
+
+
 def test_sessions_pass_the_handoff_option_to_each_search():
     from types import SimpleNamespace
 

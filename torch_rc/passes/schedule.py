@@ -18,7 +18,12 @@ from typing import Any
 from torch_rc.platform.hardware import host_hardware, vector_bytes
 from torch_rc.platform.tvm_shim import tvm_api
 
-__all__ = ["default_schedule_pass", "gpu_default_schedule_pass", "vector_bytes"]
+__all__ = [
+    "default_schedule",
+    "default_schedule_pass",
+    "gpu_default_schedule_pass",
+    "vector_bytes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -30,23 +35,48 @@ _ROWS_PER_THREAD = 4
 
 def default_schedule_pass() -> Any:
     """A module pass that gives every unscheduled PrimFunc the default CPU schedule."""
-    api = tvm_api()
-    dlight = api.s_tir.dlight
-    rule = _make_rule(dlight, vector_bytes(), host_hardware().cores)
-    return dlight.ApplyDefaultSchedule(rule)
+    return tvm_api().s_tir.dlight.ApplyDefaultSchedule(*_cpu_rules())
 
 
 def gpu_default_schedule_pass() -> Any:
     """dlight's GPU rules (matmul, GEMV, reductions, and a fallback that binds every other
     kernel's loops to blocks and threads), as TVM's own CUDA pipeline applies them."""
+    return tvm_api().s_tir.dlight.ApplyDefaultSchedule(*_gpu_rules())
+
+
+def default_schedule(func: Any, target: Any) -> Any | None:
+    """The default schedule of one PrimFunc for ``target`` as a traced ``s_tir.Schedule`` (the
+    first rule that applies, as the passes above do), or None when none does. Its trace
+    replays the default schedule on the unscheduled function: a tuning session stores it as the
+    kernel's record when tuning could not beat it. ``func`` is left unchanged."""
+    api = tvm_api()
+    # Rules may change their input in place (docs/tvm-facts.md): give them a deep copy.
+    copy = api.tvm.ir.load_json(api.tvm.ir.save_json(func))
+    rules = _gpu_rules() if str(target.kind.name) == "cuda" else _cpu_rules()
+    with target:
+        for rule in rules:
+            sch = rule.apply(copy, target, False)
+            if sch is None:
+                continue
+            if not isinstance(sch, api.s_tir.Schedule):
+                sch = sch[0]
+            return sch
+    return None
+
+
+def _cpu_rules() -> list[Any]:
+    return [_make_rule(tvm_api().s_tir.dlight, vector_bytes(), host_hardware().cores)]
+
+
+def _gpu_rules() -> list[Any]:
     dlight = tvm_api().s_tir.dlight
-    return dlight.ApplyDefaultSchedule(
+    return [
         dlight.gpu.Matmul(),
         dlight.gpu.GEMV(),
         dlight.gpu.Reduction(),
         dlight.gpu.GeneralReduction(),
         dlight.gpu.Fallback(),
-    )
+    ]
 
 
 def _make_rule(dlight: Any, vbytes: int, threads: int) -> Any:

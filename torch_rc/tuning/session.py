@@ -32,7 +32,7 @@ from typing import Any
 from torch_rc.cache.keys import workload_key
 from torch_rc.options import Options
 from torch_rc.passes.build import legalize_and_fuse_passes, per_call_module
-from torch_rc.passes.schedule import default_schedule_pass, gpu_default_schedule_pass
+from torch_rc.passes.schedule import default_schedule
 from torch_rc.platform.hardware import AnyHardware, host_hardware
 from torch_rc.platform.tvm_shim import prepare_meta_schedule, tvm_api, tvm_warnings_once
 from torch_rc.tuning.llm_client import LLMClient, LLMConfig
@@ -91,6 +91,10 @@ class Task:
         # | kept-unscheduled | failed | interrupted
     )
     default_s: float | None = None  # latency with torch_rc's default schedule (the bar to beat)
+    # That measurement (with its correctness check) and the default schedule's trace, checked to
+    # replay: stored as the kernel's record when tuning cannot beat it (status kept-default).
+    default: Measurement | None = None
+    default_trace: Any = None
     # The unscheduled kernel, measured when one cold run of it showed it could beat the default
     # schedule, and kept only if it did (a bar to beat too; kept if tuning cannot beat it).
     unscheduled: Measurement | None = None
@@ -354,7 +358,8 @@ def _profile(
         if time.monotonic() > deadline:
             task.status, task.error = "skipped", "time limit reached"
             continue
-        task.default_s = _default_latency(task.mod, measurer)
+        task.default, task.default_trace = _measure_default(task.mod, measurer)
+        task.default_s = task.default.latency_s if task.default is not None else None
         if task.default_s is None:
             task.status, task.error = "skipped", "the default schedule could not be measured"
         else:
@@ -507,11 +512,16 @@ def _conclude(task: Task, database: Any, target: Any) -> None:
             empty = tvm_api().s_tir.Schedule(task.mod).trace
             _promote(database, task, result, target, empty, task.unscheduled, "unscheduled")
     elif result.best_trace is not None:
-        # Never slower than what the build would do anyway: keep the default schedule.
+        # Never slower than what the build would do anyway: keep the default schedule, and
+        # store it (its trace, verified to replay) so that later runs do not tune the kernel
+        # again; not after Ctrl-C or the time limit cut the search short.
         task.status = "kept-default"
         task.error = (
             f"best tuned {best * 1e3:.4f} ms >= default schedule {task.default_s * 1e3:.4f} ms"
         )
+        stored = task.default_trace is not None and task.default is not None
+        if database is not None and stored and not result.interrupted:
+            _promote(database, task, result, target, task.default_trace, task.default, "default")
 
 
 def _unscheduled(mod: Any, default_s: float, measurer: Measurer) -> Measurement | None:
@@ -536,20 +546,40 @@ def _unscheduled(mod: Any, default_s: float, measurer: Measurer) -> Measurement 
 def _default_latency(mod: Any, measurer: Measurer) -> float | None:
     """Latency of ``mod`` with the default schedule (what an untuned build runs: torch_rc's CPU
     rule, or dlight's GPU rules)."""
+    measurement, _ = _measure_default(mod, measurer)
+    return measurement.latency_s if measurement is not None else None
+
+
+def _measure_default(mod: Any, measurer: Measurer) -> tuple[Measurement | None, Any]:
+    """The default schedule's verified measurement (None if it fails or cannot be scheduled)
+    and its trace (None unless replaying it on ``mod`` gives exactly the measured module)."""
+    api = tvm_api()
     try:
-        # dlight's ApplyDefaultSchedule changes its input module in place (docs/tvm-facts.md):
-        # schedule a deep copy so the task's module (and its key) stay as extracted.
-        api = tvm_api()
-        copy = api.tvm.ir.load_json(api.tvm.ir.save_json(mod))
-        gpu = str(measurer.target.kind.name) == "cuda"
-        with measurer.target:
-            scheduled = (gpu_default_schedule_pass() if gpu else default_schedule_pass())(copy)
+        # The rules get a deep copy (default_schedule): the task's module and key stay as
+        # extracted. Where no rule applies, the build runs the function as it is.
+        sch = default_schedule(mod["main"], measurer.target)
+        scheduled = mod if sch is None else api.tvm.IRModule({"main": sch.mod["main"]})
         measurement = measurer.measure(mod, scheduled, count=False)
     except TrackerGone:
         raise
     except Exception:  # the default rule could not schedule it: any verified result is better
+        return None, None
+    if not (measurement.ok and measurement.latency_s is not None):
+        return None, None
+    return measurement, None if sch is None else _replaying_trace(mod, sch.trace, scheduled)
+
+
+def _replaying_trace(mod: Any, trace: Any, expected: Any) -> Any:
+    """``trace`` if it replays on ``mod`` to ``expected`` (structurally), else None."""
+    import tvm_ffi  # loaded with TVM by then (tvm_api() imported it)
+
+    try:
+        replay = tvm_api().s_tir.Schedule(mod)
+        trace.apply_to_schedule(replay, remove_postproc=False)
+        same = bool(tvm_ffi.structural_equal(replay.mod["main"], expected["main"]))
+    except Exception:  # noqa: BLE001 - a trace that does not replay is not stored
         return None
-    return measurement.latency_s if measurement.ok else None
+    return trace if same else None
 
 
 def _promote(
