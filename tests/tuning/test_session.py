@@ -219,6 +219,21 @@ def _relu_exp_relax():
     return from_exported_program(torch.export.export(ReluExp(), (torch.randn(64, 256),)))
 
 
+def _relu_kernel(mod, target, options, database=None):
+    """The relu kernel of ``mod`` as the build schedules it: default schedules, or with
+    ``database``'s records first."""
+    from torch_rc.passes.build import relax_pipeline
+
+    if database is None:
+        with target.target:
+            lowered = relax_pipeline(target, options)(mod)
+    else:
+        with target.target, database:
+            lowered = relax_pipeline(target, options, tuned=True)(mod)
+    (name,) = [g for g in lowered.get_global_vars() if "relu" in g.name_hint]
+    return lowered[name]
+
+
 def test_the_unscheduled_kernel_is_timed_only_when_its_cold_run_says_it_could_win():
     from tests.tuning.workloads import matmul
     from torch_rc.platform.tvm_shim import tvm_api
@@ -244,7 +259,6 @@ def test_an_unscheduled_kernel_faster_than_every_schedule_is_stored_and_built(tm
     build applies (no default schedule on top) and which computes the same result."""
     from torch_rc.cache.ms_database import make_database
     from torch_rc.cache.store import SQLiteStore
-    from torch_rc.passes.build import relax_pipeline
     from torch_rc.platform.target import detect_target
     from torch_rc.tuning.measure import Measurer
     from torch_rc.tuning.session import (
@@ -271,14 +285,7 @@ def test_an_unscheduled_kernel_faster_than_every_schedule_is_stored_and_built(tm
     assert len(record.trace.insts) == 0
 
     def kernel_script(database=None):
-        if database is None:
-            with target.target:
-                lowered = relax_pipeline(target, options)(mod)
-        else:
-            with target.target, database:
-                lowered = relax_pipeline(target, options, tuned=True)(mod)
-        (name,) = [g for g in lowered.get_global_vars() if "relu" in g.name_hint]
-        return lowered[name].script()
+        return _relu_kernel(mod, target, options, database).script()
 
     assert "T.parallel" in kernel_script()  # the default schedule
     assert "T.parallel" not in kernel_script(database) and "T.vectorized" not in kernel_script(
@@ -305,7 +312,6 @@ def test_a_default_schedule_that_tuning_could_not_beat_is_stored_and_built(tmp_p
     (Ctrl-C, the time limit) stores nothing."""
     from torch_rc.cache.ms_database import make_database
     from torch_rc.cache.store import SQLiteStore
-    from torch_rc.passes.build import relax_pipeline
     from torch_rc.platform.target import detect_target
     from torch_rc.tuning.measure import Measurer
     from torch_rc.tuning.session import _conclude, _measure_default, extract_tasks
@@ -349,14 +355,7 @@ def test_a_default_schedule_that_tuning_could_not_beat_is_stored_and_built(tmp_p
     assert stored.proposer == "default" and stored.samples == 4
 
     def kernel(database=None):
-        if database is None:
-            with target.target:
-                lowered = relax_pipeline(target, options)(mod)
-        else:
-            with target.target, database:
-                lowered = relax_pipeline(target, options, tuned=True)(mod)
-        (name,) = [g for g in lowered.get_global_vars() if "relu" in g.name_hint]
-        return lowered[name]
+        return _relu_kernel(mod, target, options, database)
 
     import tvm_ffi
 
