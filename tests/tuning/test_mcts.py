@@ -338,3 +338,79 @@ def test_batched_measurement_is_the_same_search_with_whole_batches_at_once():
         assert sorted(batched + measured_many) == sorted(measured_one)
         assert batches and all(1 < len(batch) <= 4 for batch in batches)
         assert len(set(batched)) == len(batched)  # never a state twice
+
+
+def screen_run(seed, budget, screen, offerable=None, **kw):
+    return rollout_run(seed, budget, depth=0, screen=screen, offerable=offerable, **kw)
+
+
+def test_screening_scores_many_walks_per_batch_and_spends_the_exact_budget():
+    without, _, _ = screen_run(seed=0, budget=24, screen=0)
+    screened, measured, model = screen_run(seed=0, budget=24, screen=32)
+    assert screened.samples == len(measured) == 24 == model.updates
+    assert len(set(measured)) == 24  # nothing measured twice
+    assert screened.screened == model.predicted
+    # Up to 32 walks per batch (duplicates and states already in the tree are not rescored).
+    assert screened.screened >= 3 * without.screened
+    nodes = [n for n in _nodes(screened.root) if n.action == "screen"]
+    assert nodes and all(n.source == "screen" for n in nodes)
+    # A screened state hangs under the measured elite its walk started from, at most 3 moves
+    # away (a move here goes up to two cells in x and y: a Chebyshev distance of 6 at most).
+    for node in nodes:
+        assert node.parent.measured and not node.parent.failed
+        (x, y), (px, py) = node.state, node.parent.state
+        assert 0 < max(abs(x - px), abs(y - py)) <= 6
+    # Each batch adds at most measure_batch (2) screened states.
+    batches = sum(1 for _ in model.update_calls)
+    assert len(nodes) <= 2 * batches
+
+
+def test_screening_reaches_the_optimum_in_fewer_samples():
+    def samples_to_opt(screen):
+        out = []
+        for seed in range(6):
+            _, measured, _ = screen_run(seed=seed, budget=30, screen=screen)
+            out.append(measured.index(OPT) + 1 if OPT in measured else 31)
+        return sorted(out)[len(out) // 2]
+
+    assert samples_to_opt(64) < samples_to_opt(0)
+
+
+def test_screening_is_deterministic_per_seed():
+    a = screen_run(seed=5, budget=20, screen=32)
+    b = screen_run(seed=5, budget=20, screen=32)
+    assert a[1] == b[1] and a[0].screened == b[0].screened and a[0].curve == b[0].curve
+    c = screen_run(seed=6, budget=20, screen=32)
+    assert c[1] != a[1]
+
+
+def test_screening_adds_only_offerable_states():
+    def offerable(state):
+        return state[0] % 2 == 0  # odd columns "redo a reduction"
+
+    result, _, _ = screen_run(seed=2, budget=24, screen=32, offerable=offerable)
+    nodes = [n for n in _nodes(result.root) if n.action == "screen"]
+    assert nodes and all(n.state[0] % 2 == 0 for n in nodes)
+
+
+def test_screening_needs_a_neighbour_function_and_a_non_negative_count():
+    with pytest.raises(ValueError, match="screen"):
+        screen_run(seed=0, budget=4, screen=-1)
+    # Without a neighbour function there is nothing to walk: the search runs as without it.
+    measured = []
+
+    def measure(state):
+        measured.append(state)
+        return latency(state)
+
+    result = search(
+        (0, 0),
+        proposer=StepProposer(),
+        cost_model=ExactModel(),
+        measure=measure,
+        budget=12,
+        rng=random.Random(0),
+        screen=16,
+    )
+    assert result.samples == 12
+    assert not [n for n in _nodes(result.root) if n.action == "screen"]

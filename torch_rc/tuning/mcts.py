@@ -19,6 +19,15 @@ joins the tree as the child's child (action ``rollout``), so it competes for mea
 other node and its real latency, once measured, replaces its prediction. Many states are screened
 per measurement; only measured latencies decide what is best.
 
+**Population screening** (``screen`` > 0, MetaSchedule's evolution inside the tree): before each
+measurement batch, ``screen`` short random walks (1 to 3 moves of ``rollout``) start from the
+fastest measured states (the elites, picked with weight 1 / rank); the cost model scores every
+new state they reach, and the ``measure_batch`` best-predicted ones (that ``offerable`` accepts)
+join the tree as children of the elite they came from (action ``screen``). They then compete with
+the tree's own proposals for the batch by predicted value, and once measured their real latency
+replaces the prediction like any other node's. Where the tree's single moves from one leaf stall,
+the walks reach states two or three moves away from any good state, hundreds per measurement.
+
 Defaults follow the paper (Reasoning Compiler, arXiv 2506.01374): UCT exploration c = sqrt(2),
 branching factor B = 2, ~5% random measurements.
 """
@@ -45,6 +54,9 @@ __all__ = [
 S = TypeVar("S", bound=Hashable)
 _EMPTY_EXPANSIONS_TO_EXHAUST = 3
 _HELPED_IN_CONTEXT = 8  # the latest new bests a proposer is shown
+_SCREEN_ELITES = 8  # fastest measured states the screening walks start from
+_SCREEN_MAX_MOVES = 3  # moves per screening walk, at most
+_NEIGHBOUR_CACHE = 4096  # states whose neighbour lists a search keeps
 
 
 @dataclass(frozen=True)
@@ -189,6 +201,8 @@ def search(
     rollout_width: int = 16,
     extra_roots: Sequence[S | Proposal[S]] = (),
     measure_many: Callable[[Sequence[S]], list[float | None]] | None = None,
+    screen: int = 0,
+    offerable: Callable[[S], bool] | None = None,
 ) -> SearchResult[S]:
     """Search for a fast state, spending at most ``budget`` real measurements.
 
@@ -221,7 +235,12 @@ def search(
             root's children and are measured first, in order, before any expansion.
         measure_many: Measures several states at once (an RPC fleet); used instead of
             ``measure`` for each batch when given. Same results, same order, same sample count.
+        screen: Random walks scored per measurement batch (population screening, needs
+            ``rollout``; 0: none).
+        offerable: States the screening may add (default: any); e.g. legal and not redoing work.
     """
+    if screen < 0:
+        raise ValueError(f"screen must be >= 0, got {screen}")
     known = known if known is not None else {}
     root: Node[S] = Node(root_state)
     seen: dict[S, Node[S]] = {root_state: root}
@@ -327,6 +346,53 @@ def search(
             rationale = f"cost-model rollout, {steps} moves from its parent"
             add_child(child, Proposal("rollout", best_state, rationale, "rollout"), best_value)
 
+    neighbour_lists: dict[S, list[S]] = {}
+
+    def neighbours_of(state: S) -> list[S]:
+        found = neighbour_lists.get(state)
+        if found is None:
+            found = list(rollout(state, rng))  # type: ignore[misc]
+            if len(neighbour_lists) >= _NEIGHBOUR_CACHE:
+                neighbour_lists.clear()
+            neighbour_lists[state] = found
+        return found
+
+    def screen_population() -> None:
+        """Random walks from the elites, scored; the best-predicted new states join the tree."""
+        elites = sorted(measured, key=lambda n: n.latency)[:_SCREEN_ELITES]  # type: ignore[arg-type,return-value]
+        if not elites:
+            return
+        weights = [1.0 / (rank + 1) for rank in range(len(elites))]
+        found: dict[S, tuple[Node[S], int]] = {}
+        for _ in range(screen):
+            parent = rng.choices(elites, weights=weights)[0]
+            state, moves = parent.state, 0
+            for _ in range(rng.randint(1, _SCREEN_MAX_MOVES)):
+                options = neighbours_of(state)
+                if not options:
+                    break
+                state, moves = options[rng.randrange(len(options))], moves + 1
+            if moves and state not in seen and state not in found:
+                found[state] = (parent, moves)
+        if not found:
+            return
+        states = list(found)
+        values = predict(states)
+        ranked = sorted(range(len(states)), key=lambda i: (-values[i], i))
+        kept = 0
+        for i in ranked:
+            if kept >= measure_batch:
+                break
+            if offerable is not None and not offerable(states[i]):
+                continue
+            parent, moves = found[states[i]]
+            rationale = (
+                f"best predicted of {len(states)} screened states; "
+                f"{moves} random move(s) from a measured elite"
+            )
+            add_child(parent, Proposal("screen", states[i], rationale, "screen"), values[i])
+            kept += 1
+
     record_batch([root])
     _backpropagate(root, root.reward)
     labelled = [
@@ -391,6 +457,8 @@ def search(
             for child in children:
                 roll_out(child)
         if expansions % measure_every == 0:
+            if screen and rollout is not None:
+                screen_population()
             pending = [n for n in seen.values() if not n.measured]
             pending.sort(key=lambda n: n.reward, reverse=True)
             batch: list[Node[S]] = []
