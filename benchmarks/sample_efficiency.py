@@ -20,7 +20,10 @@ from the machine (as a tuning session does); ``--ablate-blocking`` adds ``mcts-n
 same search without them (MCTS from the rules' pick of random states only). With ``--handoff N``
 MCTS methods hand their remaining samples to MetaSchedule's evolution (seeded with the tree's
 measurements) after N samples without a new best (option ``tune_handoff``; sessions do not by
-default); ``--ablate-handoff`` then adds ``mcts-nohandoff``, the tree alone to the end.
+default); ``--ablate-handoff`` then adds ``mcts-nohandoff``, the tree alone to the end. With
+``--screen N`` MCTS methods score N random walks from their fastest measured states before each
+measurement batch (option ``tune_screen``); ``--ablate-screen`` adds ``mcts-noscreen``, the same
+search without it.
 
 ``mcts-transfer`` first tunes the kernel's *source* (the same operator at another shape, see
 KERNELS) with MCTS for ``--source-samples`` samples (not counted: that is earlier work a cache
@@ -59,6 +62,7 @@ COLORS = {
     "mcts-transfer": "C2",
     "mcts-noblock": "C7",
     "mcts-nohandoff": "C8",
+    "mcts-noscreen": "C9",
     "mcts-llm": "C3",
     "pool": "C4",
     "single-small": "C5",
@@ -195,6 +199,7 @@ def _source_traces(source: Any, target: Any, hw: Any, seed: int, samples: int, a
         seed=seed,
         blocking=True,
         handoff=args.handoff,
+        screen=args.screen,
     )
     if result.best_trace is None:
         return []
@@ -238,6 +243,7 @@ def run(args: Any) -> dict:
     methods = ["evolutionary", "mcts", "mcts-transfer"] + (["mcts-llm"] if args.llm_url else [])
     methods += ["mcts-noblock"] if args.ablate_blocking else []
     methods += ["mcts-nohandoff"] if args.ablate_handoff else []
+    methods += ["mcts-noscreen"] if args.ablate_screen else []
     pool_models: list = []
     if args.pool:
         from torch_rc.tuning.pool import parse_pool
@@ -254,6 +260,7 @@ def run(args: Any) -> dict:
         "torch": torch.__version__,
         "rollout_depth": args.rollout_depth,
         "handoff": args.handoff,
+        "screen": args.screen,
         "threads": hw.cores,
         "kernels": {},
     }
@@ -310,6 +317,7 @@ def run(args: Any) -> dict:
                     blocking=method != "mcts-noblock",
                     rollout_depth=args.rollout_depth,
                     handoff=0 if method == "mcts-nohandoff" else args.handoff,
+                    screen=0 if method == "mcts-noscreen" else args.screen,
                 )
                 seconds = time.monotonic() - start
                 entry["runs"].setdefault(method, []).append(
@@ -568,6 +576,19 @@ def main() -> None:
         action="store_true",
         help="add mcts-nohandoff: MCTS that never hands off to the evolution (needs --handoff)",
     )
+    parser.add_argument(
+        "--screen",
+        type=int,
+        default=Options().tune_screen,
+        help="MCTS scores this many random walks from its fastest measured schedules before each "
+        f"measurement batch (default {Options().tune_screen}, as tuning sessions: option "
+        "tune_screen; 0: none)",
+    )
+    parser.add_argument(
+        "--ablate-screen",
+        action="store_true",
+        help="add mcts-noscreen: MCTS without population screening (needs --screen)",
+    )
     parser.add_argument("--skip", default="", help="methods to leave out, e.g. evolutionary")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--min-repeat-ms", type=int, default=10)
@@ -593,6 +614,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.handoff < 0:
         parser.error(f"--handoff must be >= 0, got {args.handoff}")
+    if args.screen < 0:
+        parser.error(f"--screen must be >= 0, got {args.screen}")
+    if args.ablate_screen and not args.screen:
+        parser.error("--ablate-screen compares against --screen N: give N > 0")
     if args.ablate_handoff and not args.handoff:
         parser.error("--ablate-handoff compares against --handoff N: give N > 0")
     if args.summarise:

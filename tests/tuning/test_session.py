@@ -89,6 +89,8 @@ def test_options_name_bad_tuning_values_and_llm_dict_expands(monkeypatch):
         Options.resolve({"trials": -1})
     with pytest.raises(torch_rc.OptionsError, match="'tune_handoff' must be >= 0"):
         Options.resolve({"tune_handoff": -1})
+    with pytest.raises(torch_rc.OptionsError, match="'tune_screen' must be >= 0"):
+        Options.resolve({"tune_screen": -1})
     with pytest.raises(torch_rc.OptionsError, match="did you mean 'trials'"):
         Options.resolve({"trails": 5})
     with pytest.raises(torch_rc.OptionsError, match="llm_modle"):
@@ -363,7 +365,7 @@ def test_a_default_schedule_that_tuning_could_not_beat_is_stored_and_built(tmp_p
     assert "T.parallel" in kernel(database).script()
 
 
-def test_sessions_pass_the_handoff_option_to_each_search():
+def test_sessions_pass_the_handoff_and_screen_options_to_each_search():
     from types import SimpleNamespace
 
     from tests.tuning.workloads import matmul
@@ -377,3 +379,6 @@ def test_sessions_pass_the_handoff_option_to_each_search():
     for given, expected in (({}, 0), ({"tune_handoff": 24}, 24)):
         search = _start_search(task, Options.resolve(given), host_hardware(), measurer, [])
         assert search is not None and search.handoff == expected
+    for given, expected in (({}, Options().tune_screen), ({"tune_screen": 96}, 96)):
+        search = _start_search(task, Options.resolve(given), host_hardware(), measurer, [])
+        assert search is not None and search.screen == expected

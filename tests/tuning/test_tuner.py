@@ -150,6 +150,62 @@ def test_a_stalled_tree_hands_off_to_an_evolution_seeded_with_its_measurements(s
         assert result.steps[-1].source == "evolutionary"
 
 
+def test_screening_adds_scored_walks_that_are_legal_and_redo_no_reduction():
+    """Population screening on a real row softmax: the exact budget, many more states scored than
+    measured, and every screened state in the tree replays and redoes no reduction."""
+    from torch_rc.tuning.tuner import TaskSearch
+
+    space = DesignSpace(row_softmax(64, 128), tvm_api().cpu_target(2), seed=1)
+    hw = host_hardware()
+    counts = {}
+    for screen in (0, 64):
+        measurer = Measurer(space.target, repeats=1, min_repeat_ms=1)
+        search = TaskSearch(
+            space, measurer, proposer=RuleProposer(space, hw), hardware=hw, seed=0, screen=screen
+        )
+        spent = search.step(12)
+        result = search.finish()
+        assert spent == 12 == result.samples == measurer.count
+        assert result.best_measurement.check.passed
+        counts[screen] = result.stats["screened"]
+    assert counts[64] >= 4 * counts[0]
+    with pytest.raises(ValueError, match="screen"):
+        TaskSearch(
+            space, Measurer(space.target), proposer=RuleProposer(space, hw), hardware=hw, screen=-1
+        )
+
+
+def test_screened_states_in_the_tree_are_offerable():
+    import random
+
+    from torch_rc.tuning.cost_model import XGBCostModel
+    from torch_rc.tuning.mcts import search
+
+    space = DesignSpace(row_softmax(64, 128), tvm_api().cpu_target(2), seed=1)
+    hw = host_hardware()
+    rules = RuleProposer(space, hw)
+    result = search(
+        space.initial_states()[0],
+        proposer=rules,
+        cost_model=XGBCostModel(space, hw),
+        measure=lambda state: 1e-3 * (1 + len(str(state)) % 7),  # no build: a stand-in latency
+        budget=16,
+        rng=random.Random(0),
+        rollout=rules.neighbours,
+        screen=48,
+        offerable=rules.offerable,
+    )
+    nodes, stack = [], [result.root]
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        stack.extend(node.children)
+    screened = [n for n in nodes if n.action == "screen"]
+    assert screened and all(
+        space.legal(n.state) and not space.recomputes(n.state) for n in screened
+    )
+
+
 @pytest.mark.parametrize("workload", ["matmul", "row_softmax"])
 def test_the_evolution_after_a_handoff_starts_from_the_tree_records(space, workload):
     """The records replay in the evolution's own population (a row softmax's reduction states

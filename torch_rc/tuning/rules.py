@@ -258,7 +258,7 @@ class RuleProposer:
                 scored[new] = (float(predicted), label, {**parts, "model": float(predicted)})
         return sorted(scored.items(), key=lambda item: item[1][0], reverse=True)
 
-    def _offerable(self, state: ScheduleState) -> bool:
+    def offerable(self, state: ScheduleState) -> bool:
         """Legal and not redoing a reduction (``DesignSpace.recomputes``): neither rules nor a
         cost model trained on a few samples see that cost, and it can be 100x."""
         return self.space.legal(state) and not self.space.recomputes(state)
@@ -275,7 +275,7 @@ class RuleProposer:
         for _ in range(steps):
             better = (item for item in self._scored(state, rng) if item[1][0] > score * 1.001)
             # The best-scored offerable move: replays only until one is found.
-            found = next((item for item in better if self._offerable(item[0])), None)
+            found = next((item for item in better if self.offerable(item[0])), None)
             if found is None:
                 break
             state, (score, label, _) = found
@@ -313,7 +313,7 @@ class RuleProposer:
             else:
                 pick = 0
             new, (score, label, parts) = ranked.pop(pick)
-            if not self._offerable(new):
+            if not self.offerable(new):
                 continue
             if learned:
                 rationale = f"cost model predicts {score:.2f} of the best measured"

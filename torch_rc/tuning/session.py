@@ -466,6 +466,7 @@ def _start_search(
             blocking=options.tune_blocking,
             rollout_depth=options.tune_rollout_depth,
             handoff=options.tune_handoff,
+            screen=options.tune_screen,
             method=options.tune_method,
             proposer=_proposer(space, options, hardware),
             hardware=hardware,

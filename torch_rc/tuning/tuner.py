@@ -147,6 +147,7 @@ def tune_workload(
     transfer: Any = (),
     blocking: bool = False,
     handoff: int = 0,
+    screen: int = 0,
 ) -> TuneResult:
     """Tune ``space``'s workload with ``trials`` real measurements (one :class:`TaskSearch`
     run to the end).
@@ -170,6 +171,7 @@ def tune_workload(
         transfer=transfer,
         blocking=blocking,
         handoff=handoff,
+        screen=screen,
     )
     deadline = time.monotonic() + time_limit_s if time_limit_s else None
     task.step(trials, deadline)
@@ -192,8 +194,14 @@ class TaskSearch:
     tree finds good schedules in few samples; the evolution's population screens thousands of
     mutations of them per measured batch, which is what keeps improving at larger budgets.
 
+    With ``screen`` > 0, each MCTS measurement batch is preceded by population screening
+    (:func:`torch_rc.tuning.mcts.search`): ``screen`` random walks of the built-in moves from the
+    fastest measured states, scored by the cost model; the best-predicted ones that are legal and
+    redo no reduction join the tree.
+
     Raises:
-        ValueError: Unknown ``method``, or ``mcts`` without a proposer and hardware.
+        ValueError: Unknown ``method``, ``mcts`` without a proposer and hardware, or a negative
+            ``handoff`` or ``screen``.
     """
 
     def __init__(
@@ -214,6 +222,7 @@ class TaskSearch:
         transfer: Any = (),
         blocking: bool = False,
         handoff: int = 0,
+        screen: int = 0,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
@@ -226,6 +235,9 @@ class TaskSearch:
         self.branching, self.exploration = branching, exploration
         self.context_depth, self.warmup = context_depth, warmup
         self.rollout_depth = rollout_depth
+        if screen < 0:
+            raise ValueError(f"screen must be >= 0 (0: none), got {screen}")
+        self.screen = screen if method == "mcts" else 0
         if handoff < 0:
             raise ValueError(f"handoff must be >= 0 (0: never), got {handoff}")
         self.handoff = handoff if method == "mcts" else 0
@@ -249,7 +261,7 @@ class TaskSearch:
             self.result.stats["blocked"] = len(self._blocked)
         self._rollouts = (
             RuleProposer(space, hardware)
-            if method == "mcts" and hardware is not None and rollout_depth > 0
+            if method == "mcts" and hardware is not None and (rollout_depth > 0 or self.screen > 0)
             else None
         )
         self.tracker = _Tracker(self.result, progress, None)
@@ -399,6 +411,8 @@ class TaskSearch:
             known=self._known,
             rollout=self._rollouts.neighbours if self._rollouts is not None else None,
             rollout_depth=self.rollout_depth,
+            screen=self.screen if self._rollouts is not None else 0,
+            offerable=self._rollouts.offerable if self._rollouts is not None else None,
             extra_roots=extra,
             measure_many=measure_many if parallel else None,
             measure_batch=max(2, getattr(measurer, "parallelism", 1)),
