@@ -271,24 +271,31 @@ def test_rollouts_screen_many_states_per_measurement_and_spend_the_exact_budget(
     assert all(n.reward >= n.parent.reward or n.measured for n in rollout_nodes)
 
 
+def median_samples_to_opt(run, budget=30):
+    """Median over seeds 0-5 of the samples a search needs to measure the optimum."""
+    out = []
+    for seed in range(6):
+        _, measured, _ = run(seed=seed, budget=budget)
+        out.append(measured.index(OPT) + 1 if OPT in measured else budget + 1)
+    return sorted(out)[len(out) // 2]
+
+
+def assert_deterministic_per_seed(run):
+    a, b, c = run(seed=5, budget=20), run(seed=5, budget=20), run(seed=6, budget=20)
+    assert a[1] == b[1] and a[0].screened == b[0].screened and a[0].curve == b[0].curve
+    assert c[1] != a[1]
+
+
 def test_rollouts_reach_the_optimum_in_fewer_samples():
     # The exact model makes screening decisive: the optimum is 16 single steps from the start.
-    def samples_to_opt(depth):
-        out = []
-        for seed in range(6):
-            result, measured, _ = rollout_run(seed=seed, budget=30, depth=depth)
-            out.append(measured.index(OPT) + 1 if OPT in measured else 31)
-        return sorted(out)[len(out) // 2]
+    def with_depth(depth):
+        return median_samples_to_opt(lambda **kw: rollout_run(depth=depth, **kw))
 
-    assert samples_to_opt(3) < samples_to_opt(0)
+    assert with_depth(3) < with_depth(0)
 
 
 def test_rollout_search_is_deterministic_per_seed():
-    a = rollout_run(seed=5, budget=20, depth=3)
-    b = rollout_run(seed=5, budget=20, depth=3)
-    assert a[1] == b[1] and a[0].screened == b[0].screened and a[0].curve == b[0].curve
-    c = rollout_run(seed=6, budget=20, depth=3)
-    assert c[1] != a[1]
+    assert_deterministic_per_seed(lambda **kw: rollout_run(depth=3, **kw))
 
 
 def test_the_cost_model_retrains_once_per_measured_batch():
@@ -366,22 +373,14 @@ def test_screening_scores_many_walks_per_batch_and_spends_the_exact_budget():
 
 
 def test_screening_reaches_the_optimum_in_fewer_samples():
-    def samples_to_opt(screen):
-        out = []
-        for seed in range(6):
-            _, measured, _ = screen_run(seed=seed, budget=30, screen=screen)
-            out.append(measured.index(OPT) + 1 if OPT in measured else 31)
-        return sorted(out)[len(out) // 2]
+    def with_screen(screen):
+        return median_samples_to_opt(lambda **kw: screen_run(screen=screen, **kw))
 
-    assert samples_to_opt(64) < samples_to_opt(0)
+    assert with_screen(64) < with_screen(0)
 
 
 def test_screening_is_deterministic_per_seed():
-    a = screen_run(seed=5, budget=20, screen=32)
-    b = screen_run(seed=5, budget=20, screen=32)
-    assert a[1] == b[1] and a[0].screened == b[0].screened and a[0].curve == b[0].curve
-    c = screen_run(seed=6, budget=20, screen=32)
-    assert c[1] != a[1]
+    assert_deterministic_per_seed(lambda **kw: screen_run(screen=32, **kw))
 
 
 def test_screening_adds_only_offerable_states():
