@@ -386,6 +386,26 @@ def _geomean(values: list[float]) -> float:
     return math.exp(sum(map(math.log, values)) / len(values)) if values else math.nan
 
 
+def _headroom(results: dict, at: int) -> str:
+    """How far ahead of evolutionary at ``at`` samples any method could have been: the fastest
+    kernel found in this run (any method, seed or budget) over evolutionary's median best at ``at``
+    samples, per kernel and as a geomean. A ratio near 1 means evolutionary had already found
+    about the best schedule this run's search reached, so no search could be far ahead there."""
+    parts, ratios = [], []
+    for kernel, entry in results["kernels"].items():
+        evo_runs = entry["runs"].get("evolutionary")
+        found = [r["best_s"] for runs in entry["runs"].values() for r in runs if r["best_s"]]
+        evo_at = [b for r in evo_runs or () if (b := best_after(r["curve"], at))]
+        if not found or not evo_at:
+            continue
+        ratios.append(statistics.median(evo_at) / min(found))
+        parts.append(f"{kernel} {ratios[-1]:.2f}x")
+    return (
+        f"headroom at {at}: fastest kernel found in this run / evolutionary's best at {at}: "
+        f"geomean {_geomean(ratios):.2f}x ({', '.join(parts)})"
+    )
+
+
 def summarise(results: dict) -> str:
     budget = results["samples"]
     points = [c for c in CHECKPOINTS if c <= budget]
@@ -464,6 +484,7 @@ def summarise(results: dict) -> str:
                 continue
             r64 = _geomean([a / b for a, b in zip(geo[method][64], evo[64], strict=True)])
             lines.append(f"  {method}: {r64:.2f}x evolutionary's speedup at 64 (goal >= 1.5x)")
+        lines.append("  " + _headroom(results, 64))
     for method, needed in reach.items():
         if method == "evolutionary":
             continue
