@@ -14,6 +14,8 @@ seeds:
 * samples each method needs to reach evolutionary's best at the full budget;
 * the best tuned kernel against ``torch`` on the same shape (ratio > 1: TVM faster), and against
   torch_rc's default schedule (what an untuned build runs).
+* the headroom at 64 samples: the fastest kernel found anywhere in the run over evolutionary's
+  best at 64, the most any method could have been ahead of it there.
 
 ``mcts`` and ``mcts-transfer`` also start from the tiles :mod:`torch_rc.tuning.blocking` derives
 from the machine (as a tuning session does); ``--ablate-blocking`` adds ``mcts-noblock``, the
