@@ -413,3 +413,86 @@ def test_screening_needs_a_neighbour_function_and_a_non_negative_count():
     )
     assert result.samples == 12
     assert not [n for n in _nodes(result.root) if n.action == "screen"]
+
+
+# ------------------------------------------------------------ one sample per program, not per state
+def program_of(state):
+    """Two columns make one program (like a compute location naming a unit loop): x and x + 1
+    for even x."""
+    return (state[0] // 2, state[1])
+
+
+def program_latency(state):
+    return latency((state[0] // 2 * 2, state[1]))
+
+
+def program_run(seed, budget, dedupe, screen=0, measure_many=None, **kw):
+    measured = []
+
+    def measure(state):
+        measured.append(state)
+        return program_latency(state)
+
+    model = CountingModel()
+    result = search(
+        (0, 0),
+        proposer=StepProposer(),
+        cost_model=model,
+        measure=measure,
+        budget=budget,
+        rng=random.Random(seed),
+        rollout=grid_neighbours if screen else None,
+        screen=screen,
+        measure_many=measure_many,
+        program=program_of if dedupe else None,
+        **kw,
+    )
+    return result, measured, model
+
+
+@pytest.mark.parametrize("screen", [0, 32])
+def test_states_of_a_measured_program_spend_no_sample(screen):
+    repeats = 0
+    for seed in range(4):
+        plain, measured_plain, _ = program_run(seed, 30, dedupe=False, screen=screen)
+        repeats += len(measured_plain) - len({program_of(s) for s in measured_plain})
+        result, measured, model = program_run(seed, 30, dedupe=True, screen=screen)
+        # The exact budget, every sample a new program, the cost model trained on each once.
+        assert result.samples == len(measured) == 30 == model.updates
+        assert len({program_of(s) for s in measured}) == 30
+        # States that share a measured program took its latency, counted apart from samples.
+        nodes = [n for n in _nodes(result.root) if n.measured]
+        assert all(n.latency == program_latency(n.state) for n in nodes)
+        assert len(nodes) == 30 + result.reused
+        assert result.curve[-1][0] == 30
+    assert repeats > 0  # without it, the same searches measure some programs twice
+
+
+def test_one_sample_per_program_is_deterministic_per_seed():
+    assert_deterministic_per_seed(lambda **kw: program_run(dedupe=True, screen=32, **kw))
+
+
+def test_one_sample_per_program_in_batches_and_across_resumed_searches():
+    batches = []
+
+    def measure_many(states):
+        batches.append(list(states))
+        return [program_latency(s) for s in states]
+
+    one, measured_one, _ = program_run(1, 25, dedupe=True, measure_batch=4)
+    many, measured_many, _ = program_run(
+        1, 25, dedupe=True, measure_batch=4, measure_many=measure_many
+    )
+    batched = [s for batch in batches for s in batch]
+    assert many.samples == 25 == len(batched) + len(measured_many)
+    assert many.curve == one.curve and many.reused == one.reused
+    assert len({program_of(s) for s in batched + measured_many}) == 25
+    # A resumed search shares the first one's programs: nothing is measured twice.
+    known, programs = {}, {}
+    _, first, _ = program_run(2, 12, dedupe=True, known=known, programs=programs)
+    _, second, _ = program_run(2, 12, dedupe=True, known=known, programs=programs)
+    assert len(first) == len(second) == 12 and len(programs) == 24
+    assert not {program_of(s) for s in first} & {program_of(s) for s in second}
+    # Given only the states (no table), the search derives their programs itself.
+    _, third, _ = program_run(2, 12, dedupe=True, known=dict(known))
+    assert not {program_of(s) for s in third} & set(programs)

@@ -28,6 +28,13 @@ the tree's own proposals for the batch by predicted value, and once measured the
 replaces the prediction like any other node's. Where the tree's single moves from one leaf stall,
 the walks reach states two or three moves away from any good state, hundreds per measurement.
 
+**One sample per program.** Different states can make the same program (a compute location
+naming a unit loop replays as the loop outside it; a decision the postprocessors override). With
+a ``program`` function (a state's program identity, e.g. the structural hash of its scheduled
+module), a state whose program was measured already takes that latency without a sample, and a
+batch is filled until it holds ``measure_batch`` programs not measured yet; screening offers no
+state whose program is measured or already offered.
+
 Defaults follow the paper (Reasoning Compiler, arXiv 2506.01374): UCT exploration c = sqrt(2),
 branching factor B = 2, ~5% random measurements.
 """
@@ -162,6 +169,7 @@ class SearchResult(Generic[S]):
         default_factory=list
     )  # (samples, source) of each new best
     screened: int = 0  # states the cost model scored (expansions and rollouts)
+    reused: int = 0  # states that took a measured program's latency, no sample spent
 
 
 def _uct(child: Node[S], parent_visits: int, exploration: float) -> float:
@@ -203,6 +211,8 @@ def search(
     measure_many: Callable[[Sequence[S]], list[float | None]] | None = None,
     screen: int = 0,
     offerable: Callable[[S], bool] | None = None,
+    program: Callable[[S], Hashable | None] | None = None,
+    programs: dict[Hashable, float | None] | None = None,
 ) -> SearchResult[S]:
     """Search for a fast state, spending at most ``budget`` real measurements.
 
@@ -238,10 +248,28 @@ def search(
         screen: Random walks scored per measurement batch (population screening, needs
             ``rollout``; 0: none).
         offerable: States the screening may add (default: any); e.g. legal and not redoing work.
+        program: A state's program identity (None: unknown, e.g. illegal); states of one program
+            share one measurement (default: every state is its own program).
+        programs: Latencies by program measured before (a resumed search), filled like ``known``.
     """
     if screen < 0:
         raise ValueError(f"screen must be >= 0, got {screen}")
     known = known if known is not None else {}
+    program_of: dict[S, Hashable | None] = {}
+
+    def program_key(state: S) -> Hashable | None:
+        if program is None:
+            return None
+        if state not in program_of:
+            program_of[state] = program(state)
+        return program_of[state]
+
+    by_program: dict[Hashable, float | None] = programs if programs is not None else {}
+    if programs is None and program is not None:
+        for state, latency in known.items():
+            key = program_key(state)
+            if key is not None:
+                by_program.setdefault(key, latency)
     root: Node[S] = Node(root_state)
     seen: dict[S, Node[S]] = {root_state: root}
     curve: list[tuple[int, float]] = []
@@ -261,20 +289,56 @@ def search(
             _backpropagate(node, delta, visits=0)
 
     screened = [0]
+    reused = [0]
+
+    def needs_sample(state: S, taken: set[Hashable]) -> bool:
+        """Whether measuring ``state`` costs a sample (its program is new, and not among
+        ``taken``, the programs of a batch being filled, which it joins)."""
+        if state in known:
+            return False
+        key = program_key(state)
+        if key is None:
+            return True
+        if key in by_program or key in taken:
+            return False
+        taken.add(key)
+        return True
+
+    def take(pending: list[Node[S]], want: int, explore: float) -> list[Node[S]]:
+        """Pop nodes off ``pending`` (best first; ``explore``: share of random picks) until
+        ``want`` of them need a sample; the others ride along for free."""
+        batch: list[Node[S]] = []
+        taken: set[Hashable] = set()
+        real = 0
+        while pending and real < want:
+            pick = rng.randrange(len(pending)) if explore and rng.random() < explore else 0
+            node = pending.pop(pick)
+            batch.append(node)
+            real += needs_sample(node.state, taken)
+        return batch
 
     def record_batch(nodes: Sequence[Node[S]]) -> None:
-        """Measure ``nodes`` (those not known yet), then retrain the cost model once."""
+        """Measure ``nodes`` (those whose program is not known yet), then retrain the cost
+        model once."""
         fresh: list[tuple[S, float | None]] = []
-        todo = list(dict.fromkeys(n.state for n in nodes if n.state not in known))
+        taken: set[Hashable] = set()
+        todo = list(dict.fromkeys(n.state for n in nodes if needs_sample(n.state, taken)))
         batch: dict[S, float | None] = {}
         if measure_many is not None and len(todo) > 1:
             batch = dict(zip(todo, measure_many(todo), strict=True))
         for node in nodes:
-            if node.state not in known:
-                state = node.state
-                known[state] = batch[state] if state in batch else measure(state)
-                samples[0] += 1
-                fresh.append((node.state, known[node.state]))
+            state = node.state
+            if state not in known:
+                key = program_key(state)
+                if key is not None and key in by_program:
+                    known[state] = by_program[key]  # the same program, measured: no sample
+                    reused[0] += 1
+                else:
+                    known[state] = batch[state] if state in batch else measure(state)
+                    samples[0] += 1
+                    fresh.append((state, known[state]))
+                    if key is not None:
+                        by_program[key] = known[state]
             record(node)
         if fresh:
             cost_model.update([state for state, _ in fresh], [lat for _, lat in fresh])
@@ -380,11 +444,14 @@ def search(
         values = predict(states)
         ranked = sorted(range(len(states)), key=lambda i: (-values[i], i))
         kept = 0
+        offered: set[Hashable] = set()
         for i in ranked:
             if kept >= measure_batch:
                 break
             if offerable is not None and not offerable(states[i]):
                 continue
+            if not needs_sample(states[i], offered):
+                continue  # a program measured or offered already: nothing new to learn
             parent, moves = found[states[i]]
             rationale = (
                 f"best predicted of {len(states)} screened states; "
@@ -409,7 +476,7 @@ def search(
         values = predict([p.state for p in starts])
         for proposal, value in zip(starts, values, strict=True):
             add_child(root, proposal, value)
-        record_batch([seen[p.state] for p in starts][: max(budget - samples[0], 0)])
+        record_batch(take([seen[p.state] for p in starts], budget - samples[0], 0.0))
     expansions = 0
     limit = max_expansions if max_expansions is not None else 50 * max(budget, 1)
     stop = should_stop or (lambda: False)
@@ -461,19 +528,15 @@ def search(
                 screen_population()
             pending = [n for n in seen.values() if not n.measured]
             pending.sort(key=lambda n: n.reward, reverse=True)
-            batch: list[Node[S]] = []
-            for _ in range(min(measure_batch, len(pending), budget - samples[0])):
-                pick = rng.randrange(len(pending)) if rng.random() < explore_fraction else 0
-                batch.append(pending.pop(pick))
-            record_batch(batch)
+            want = min(measure_batch, budget - samples[0])
+            record_batch(take(pending, want, explore_fraction))
     # Whatever is still only predicted gets measured, best prediction first, while budget remains.
     leftovers = sorted(
         (n for n in seen.values() if not n.measured), key=lambda n: n.reward, reverse=True
     )
-    leftovers = leftovers[: max(budget - samples[0], 0)]
     chunk = measure_batch if measure_many is not None else 1
-    for start in range(0, len(leftovers), chunk):
-        if stop():
-            break
-        record_batch(leftovers[start : start + chunk])
-    return SearchResult(best[0], samples[0], curve, root, len(seen), improvements, screened[0])
+    while leftovers and samples[0] < budget and not stop():
+        record_batch(take(leftovers, min(chunk, budget - samples[0]), 0.0))
+    return SearchResult(
+        best[0], samples[0], curve, root, len(seen), improvements, screened[0], reused[0]
+    )
