@@ -88,11 +88,22 @@ def test_ctrl_c_keeps_the_best_found_so_far(space, monkeypatch):
 
 
 @pytest.mark.parametrize("method", ["mcts", "evolutionary"])
-def test_a_resumed_search_spends_exact_rounds_and_never_measures_a_state_twice(space, method):
+def test_a_resumed_search_spends_exact_rounds_and_never_measures_a_program_twice(space, method):
+    import tvm_ffi
+
     from torch_rc.tuning.tuner import TaskSearch
+
+    programs = []
 
     def rounds(seed):
         measurer = Measurer(space.target, repeats=1, min_repeat_ms=1)
+        measure = measurer.measure  # measure_many measures through it too
+
+        def counted(mod, candidate, **kw):
+            programs.append(int(tvm_ffi.structural_hash(candidate)))
+            return measure(mod, candidate, **kw)
+
+        measurer.measure = counted
         hw = host_hardware()
         search = TaskSearch(
             space,
@@ -108,6 +119,8 @@ def test_a_resumed_search_spends_exact_rounds_and_never_measures_a_state_twice(s
 
     spent, result, measurer = rounds(0)
     assert spent == [4, 3, 5] and result.samples == 12 == measurer.count
+    # Different states can make one program; each program is measured once, across rounds.
+    assert len(programs) == 12 == len(set(programs))
     latencies = [latency for _, latency in result.curve]
     assert latencies == sorted(latencies, reverse=True)  # a round never loses the best
     if method == "mcts":
@@ -255,3 +268,39 @@ def test_a_failing_evolution_after_the_handoff_leaves_the_tree_to_finish(space, 
     assert "handoff_at" in result.stats and not search._handed_off
     assert "evolution after the hand-off failed" in caplog.text
     assert result.best_measurement.check.passed and result.samples == spent + 10
+
+
+def test_states_that_make_one_program_share_one_sample(space):
+    """Two states of the matmul whose programs are identical (tile splits the postprocessors fuse
+    away) start the search: the second takes the first one's latency without a sample."""
+    import random
+
+    import tvm_ffi
+
+    from torch_rc.tuning.tuner import TaskSearch
+
+    hw = host_hardware()
+    rules = RuleProposer(space, hw)
+    by_program = {}
+    for start in space.initial_states():
+        for state in rules.neighbours(start, random.Random(0)):
+            sch = space.schedule(state)
+            if sch is not None:
+                by_program.setdefault(int(tvm_ffi.structural_hash(sch.mod)), set()).add(state)
+    twins = next(sorted(states, key=repr)[:2] for states in by_program.values() if len(states) > 1)
+    measurer = Measurer(space.target, repeats=1, min_repeat_ms=1)
+    programs = []
+    measure = measurer.measure
+
+    def counted(mod, candidate, **kw):
+        programs.append(int(tvm_ffi.structural_hash(candidate)))
+        return measure(mod, candidate, **kw)
+
+    measurer.measure = counted
+    search = TaskSearch(space, measurer, proposer=rules, hardware=hw, seed=0, transfer=twins)
+    assert search.step(6) == 6
+    result = search.finish()
+    assert result.samples == 6 == measurer.count == len(programs) == len(set(programs))
+    assert result.stats["reused"] >= 1
+    twin_latencies = {search._known[state] for state in twins}
+    assert len(twin_latencies) == 1 and None not in twin_latencies

@@ -148,6 +148,7 @@ def tune_workload(
     blocking: bool = False,
     handoff: int = 0,
     screen: int = 0,
+    dedupe: bool = True,
 ) -> TuneResult:
     """Tune ``space``'s workload with ``trials`` real measurements (one :class:`TaskSearch`
     run to the end).
@@ -172,6 +173,7 @@ def tune_workload(
         blocking=blocking,
         handoff=handoff,
         screen=screen,
+        dedupe=dedupe,
     )
     deadline = time.monotonic() + time_limit_s if time_limit_s else None
     task.step(trials, deadline)
@@ -199,6 +201,11 @@ class TaskSearch:
     fastest measured states, scored by the cost model; the best-predicted ones that are legal and
     redo no reduction join the tree.
 
+    MCTS spends one sample per program, not per state: a state whose scheduled module is
+    structurally identical to one measured before (different decisions can make one program)
+    takes that latency without a sample (``stats["reused"]`` counts them). ``dedupe=False``
+    measures every state (the benchmark's ablation).
+
     Raises:
         ValueError: Unknown ``method``, ``mcts`` without a proposer and hardware, or a negative
             ``handoff`` or ``screen``.
@@ -223,6 +230,7 @@ class TaskSearch:
         blocking: bool = False,
         handoff: int = 0,
         screen: int = 0,
+        dedupe: bool = True,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
@@ -238,13 +246,11 @@ class TaskSearch:
         if screen < 0:
             raise ValueError(f"screen must be >= 0 (0: none), got {screen}")
         self.screen = screen if method == "mcts" else 0
+        self.dedupe = dedupe
         if handoff < 0:
             raise ValueError(f"handoff must be >= 0 (0: never), got {handoff}")
         self.handoff = handoff if method == "mcts" else 0
         self._handed_off = False
-        # Structural hashes of the modules the tree measured, with their latencies (filled at the
-        # hand-off): the evolution reuses them instead of measuring them again.
-        self._measured_mods: dict[int, float | None] = {}
         # Starting points adapted from tuned workloads (torch_rc.tuning.transfer), measured first.
         self._transfer = [s for s in transfer if space.legal(s)]
         if self._transfer:
@@ -267,6 +273,9 @@ class TaskSearch:
         self.tracker = _Tracker(self.result, progress, None)
         self.rng = random.Random(seed)
         self._known: dict[ScheduleState, float | None] = {}
+        # Latencies by program (structural hash of the scheduled module) the tree measured: states
+        # that make one of them (in the tree, or the evolution after a hand-off) spend no sample.
+        self._programs: dict[Any, float | None] = {}
         self._best_state: ScheduleState | None = None
         self._cost_model: Any = None
         self._evolution: Any = None
@@ -416,8 +425,12 @@ class TaskSearch:
             extra_roots=extra,
             measure_many=measure_many if parallel else None,
             measure_batch=max(2, getattr(measurer, "parallelism", 1)),
+            program=self._program if self.dedupe else None,
+            programs=self._programs,
         )
         self.result.stats["screened"] = self.result.stats.get("screened", 0) + outcome.screened
+        if outcome.reused:
+            self.result.stats["reused"] = self.result.stats.get("reused", 0) + outcome.reused
         counts = _count_sources(outcome.improvements)
         previous = self.result.stats.get("improvements_by_source", {})
         self.result.stats["improvements_by_source"] = {
@@ -433,6 +446,11 @@ class TaskSearch:
                     for node in path[1:]
                 ]
                 self._best_state = best.state
+
+    def _program(self, state: ScheduleState) -> int | None:
+        """The program ``state`` makes (structural hash of its scheduled module; None: illegal)."""
+        sch = self.space.schedule(state)
+        return None if sch is None else _structural_hash(sch.mod)
 
     # ------------------------------------------------------------------------ evolutionary
     def _evolutionary_round(self, trials: int) -> None:
@@ -475,9 +493,9 @@ class TaskSearch:
             fresh: list[Any] = []
             reused: dict[int, float | None] = {}
             for index, candidate in enumerate(candidates):
-                key = _structural_hash(candidate.sch.mod) if self._measured_mods else None
-                if key is not None and key in self._measured_mods:
-                    reused[index] = self._measured_mods[key]  # measured by the tree: no sample
+                key = _structural_hash(candidate.sch.mod) if self._programs else None
+                if key is not None and key in self._programs:
+                    reused[index] = self._programs[key]  # measured by the tree: no sample
                 elif len(fresh) < goal - self.result.samples:
                     fresh.append(candidate)
             # The tree's measurements (already records since the hand-off) go to the strategy
@@ -522,7 +540,6 @@ class TaskSearch:
             sch = self.space.schedule(state)
             if sch is None:
                 continue
-            self._measured_mods[_structural_hash(sch.mod)] = latency
             candidates.append(ms.MeasureCandidate(sch, args_info))
             ok = latency is not None and math.isfinite(latency) and latency > 0
             results.append(
