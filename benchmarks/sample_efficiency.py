@@ -25,7 +25,8 @@ measurements) after N samples without a new best (option ``tune_handoff``; sessi
 default); ``--ablate-handoff`` then adds ``mcts-nohandoff``, the tree alone to the end. With
 ``--screen N`` MCTS methods score N random walks from their fastest measured states before each
 measurement batch (option ``tune_screen``); ``--ablate-screen`` adds ``mcts-noscreen``, the same
-search without it.
+search without it. ``--ablate-dedupe`` adds ``mcts-nodedupe``: MCTS measuring every state, even
+one whose program (scheduled module) was measured under another state.
 
 ``mcts-transfer`` first tunes the kernel's *source* (the same operator at another shape, see
 KERNELS) with MCTS for ``--source-samples`` samples (not counted: that is earlier work a cache
@@ -65,6 +66,7 @@ COLORS = {
     "mcts-noblock": "C7",
     "mcts-nohandoff": "C8",
     "mcts-noscreen": "C9",
+    "mcts-nodedupe": "tab:olive",
     "mcts-llm": "C3",
     "pool": "C4",
     "single-small": "C5",
@@ -246,6 +248,7 @@ def run(args: Any) -> dict:
     methods += ["mcts-noblock"] if args.ablate_blocking else []
     methods += ["mcts-nohandoff"] if args.ablate_handoff else []
     methods += ["mcts-noscreen"] if args.ablate_screen else []
+    methods += ["mcts-nodedupe"] if args.ablate_dedupe else []
     pool_models: list = []
     if args.pool:
         from torch_rc.tuning.pool import parse_pool
@@ -320,6 +323,7 @@ def run(args: Any) -> dict:
                     rollout_depth=args.rollout_depth,
                     handoff=0 if method == "mcts-nohandoff" else args.handoff,
                     screen=0 if method == "mcts-noscreen" else args.screen,
+                    dedupe=method != "mcts-nodedupe",
                 )
                 seconds = time.monotonic() - start
                 entry["runs"].setdefault(method, []).append(
@@ -336,7 +340,8 @@ def run(args: Any) -> dict:
                 print(
                     f"  {method:13s} seed {seed}: best {best * 1e3:.4f} ms, {untuned / best:.1f}x "
                     f"untuned, {torch_s / best:.2f}x torch, {result.samples} samples, "
-                    f"{seconds:.0f} s, screened {result.stats.get('screened', '-')}"
+                    f"{seconds:.0f} s, screened {result.stats.get('screened', '-')}, "
+                    f"reused {result.stats.get('reused', 0)}"
                     + (f", transferred {extra['transferred']}" if extra else ""),
                     flush=True,
                 )
@@ -611,6 +616,12 @@ def main() -> None:
         "--ablate-screen",
         action="store_true",
         help="add mcts-noscreen: MCTS without population screening (needs --screen)",
+    )
+    parser.add_argument(
+        "--ablate-dedupe",
+        action="store_true",
+        help="add mcts-nodedupe: MCTS that measures every state, even one whose program was "
+        "measured under another state",
     )
     parser.add_argument("--skip", default="", help="methods to leave out, e.g. evolutionary")
     parser.add_argument("--repeats", type=int, default=3)
