@@ -271,8 +271,9 @@ def test_a_failing_evolution_after_the_handoff_leaves_the_tree_to_finish(space, 
 
 
 def test_states_that_make_one_program_share_one_sample(space):
-    """Two states of the matmul whose programs are identical (tile splits the postprocessors fuse
-    away) start the search: the second takes the first one's latency without a sample."""
+    """Two states of the matmul that make one program (on this space e.g. j tiled [1, 64, 2, 1]
+    or [2, 32, 2, 1]: the outer levels fuse into one parallel loop of 64 either way) start the
+    search: the second takes the first one's latency without a sample."""
     import random
 
     import tvm_ffi
