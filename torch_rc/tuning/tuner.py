@@ -540,6 +540,8 @@ class TaskSearch:
             sch = self.space.schedule(state)
             if sch is None:
                 continue
+            # Filled by the tree already, unless it ran with ``dedupe=False``.
+            self._programs.setdefault(_structural_hash(sch.mod), latency)
             candidates.append(ms.MeasureCandidate(sch, args_info))
             ok = latency is not None and math.isfinite(latency) and latency > 0
             results.append(
