@@ -28,8 +28,9 @@ the tree's own proposals for the batch by predicted value, and once measured the
 replaces the prediction like any other node's. Where the tree's single moves from one leaf stall,
 the walks reach states two or three moves away from any good state, hundreds per measurement.
 
-**One sample per program.** Different states can make the same program (a compute location
-naming a unit loop replays as the loop outside it; a decision the postprocessors override). With
+**One sample per program.** Different states can make the same program (outer tile levels the
+postprocessor fuses into one parallel loop; a compute location naming a unit loop replays as the
+loop outside it). With
 a ``program`` function (a state's program identity, e.g. the structural hash of its scheduled
 module), a state whose program was measured already takes that latency without a sample, and a
 batch is filled until it holds ``measure_batch`` programs not measured yet; screening offers no
