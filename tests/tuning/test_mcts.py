@@ -233,12 +233,12 @@ class CountingModel(ExactModel):
         super().update(states, latencies)
 
 
-def rollout_run(seed, budget, depth, width=8, **kw):
+def rollout_run(seed, budget, depth, width=8, latency_of=latency, **kw):
     measured = []
 
     def measure(state):
         measured.append(state)
-        return latency(state)
+        return latency_of(state)
 
     model = CountingModel()
     result = search(
@@ -426,28 +426,11 @@ def program_latency(state):
     return latency((state[0] // 2 * 2, state[1]))
 
 
-def program_run(seed, budget, dedupe, screen=0, measure_many=None, **kw):
-    measured = []
-
-    def measure(state):
-        measured.append(state)
-        return program_latency(state)
-
-    model = CountingModel()
-    result = search(
-        (0, 0),
-        proposer=StepProposer(),
-        cost_model=model,
-        measure=measure,
-        budget=budget,
-        rng=random.Random(seed),
-        rollout=grid_neighbours if screen else None,
-        screen=screen,
-        measure_many=measure_many,
-        program=program_of if dedupe else None,
-        **kw,
+def program_run(seed, budget, dedupe, screen=0, **kw):
+    program = program_of if dedupe else None
+    return rollout_run(
+        seed, budget, 0, screen=screen, program=program, latency_of=program_latency, **kw
     )
-    return result, measured, model
 
 
 @pytest.mark.parametrize("screen", [0, 32])
